@@ -1,0 +1,1 @@
+"""Partner connections (SFTP, FTP, FTPS) and their known host keys."""

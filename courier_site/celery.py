@@ -1,0 +1,26 @@
+"""The Celery application: configuration from Django settings, beat schedule, process hooks."""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+from celery.schedules import crontab
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "courier_site.settings")
+
+app = Celery("courier")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()
+
+# Entries are named for their cadence; arguments are bounded.
+app.conf.beat_schedule = {
+    "weekly-create-monthly-partitions": {
+        "task": "courier_site.tasks.create_monthly_partitions",
+        "schedule": crontab(minute=17, hour=3, day_of_week="mon"),
+        "options": {"expires": 6 * 3600},
+    },
+}
+
+# Worker start-up checks and heartbeat live in courier_site.worker.
+import courier_site.worker  # noqa: E402,F401

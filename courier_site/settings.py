@@ -1,0 +1,165 @@
+"""Django settings for Courier, read from the environment through django-environ."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+# A local .env is convenient in development; real deployments set the environment.
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+COURIER_ENV = env.str("COURIER_ENV", default="development")
+if COURIER_ENV not in {"development", "staging", "production"}:
+    raise environ.ImproperlyConfigured(
+        f"[E1005] COURIER_ENV must be development, staging or production, not {COURIER_ENV!r}"
+    )
+IS_PRODUCTION = COURIER_ENV == "production"
+
+DEBUG = env.bool("DEBUG", default=COURIER_ENV == "development")
+# No production default: staging and production must set SECRET_KEY themselves.
+if COURIER_ENV == "development":
+    SECRET_KEY = env.str("SECRET_KEY", default="development-only-secret-key-not-for-deployment")
+else:
+    SECRET_KEY = env.str("SECRET_KEY")
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+COURIER_DATA_DIR = Path(env.str("COURIER_DATA_DIR", default=str(BASE_DIR / ".data" / "files")))
+COURIER_SQL_DIR = BASE_DIR / "sql"
+
+INSTALLED_APPS = [
+    "unfold",
+    "unfold.contrib.filters",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "courier_site",
+    "system",
+    "tags",
+    "audit",
+    "keystore",
+    "connections",
+    "jobs",
+    "monitors",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "courier_site.urls"
+WSGI_APPLICATION = "courier_site.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": env.db("DATABASE_URL")}
+DATABASES["default"].setdefault("OPTIONS", {})
+# Persistent connections: workers and web processes reuse them between requests/tasks.
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 12}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env.str("TIME_ZONE", default="UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(BASE_DIR / ".data" / "static")))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+LOGIN_URL = "admin:login"
+
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=IS_PRODUCTION)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=IS_PRODUCTION)
+SESSION_COOKIE_AGE = env.int("SESSION_COOKIE_AGE", default=int(timedelta(hours=8).total_seconds()))
+
+# ---------------------------------------------------------------- Celery
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
+CELERY_RESULT_BACKEND = None  # results live in PostgreSQL (execution rows), not in Redis
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TIMEZONE = "UTC"
+# A task is acknowledged after it finishes, so a worker killed mid-task leaves the
+# message to be redelivered instead of silently dropping it.
+CELERY_TASK_ACKS_LATE = True
+# Together with acks_late: a task whose worker process died is rejected back to the queue.
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# Tasks are long (file transfers) and uneven; prefetching more than one would
+# park work behind a busy process while other processes sit idle.
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Maintenance tasks must never run unbounded: soft limit raises inside the task so it
+# can clean up; the hard limit kills a process that ignored it. Job steps carry their
+# own per-step timeouts inside the engine, so job tasks override these.
+CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=600)
+CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=660)
+# With acks_late, Redis redelivers an unacknowledged message after this timeout;
+# it must exceed the longest task, otherwise a long task would run twice.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=43200)}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_DEFAULT_QUEUE = "courier"
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BEAT_SCHEDULER = "courier_site.beat:HeartbeatScheduler"
+CELERY_BEAT_SCHEDULE_FILENAME = str(
+    Path(env.str("CELERY_BEAT_SCHEDULE_FILENAME", default=str(BASE_DIR / ".data" / "celerybeat-schedule")))
+)
+
+# Seconds between process heartbeats, and age after which a process counts as gone.
+COURIER_HEARTBEAT_INTERVAL = env.int("COURIER_HEARTBEAT_INTERVAL", default=10)
+COURIER_HEARTBEAT_TIMEOUT = env.int("COURIER_HEARTBEAT_TIMEOUT", default=60)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+
+UNFOLD = {
+    "SITE_TITLE": "Courier",
+    "SITE_HEADER": "Courier",
+    "SITE_SUBHEADER": "Managed file transfer",
+    "SHOW_HISTORY": True,
+    "SHOW_VIEW_ON_SITE": False,
+}

@@ -1,0 +1,16 @@
+"""URL routes: the console (Django admin) and the health endpoints."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.urls import path
+from django.views.generic import RedirectView
+
+from courier_site import health
+
+urlpatterns = [
+    path("", RedirectView.as_view(pattern_name="admin:index", permanent=False)),
+    path("admin/", admin.site.urls),
+    path("health/", health.health, name="health"),
+    path("health/partitions", health.health_partitions, name="health-partitions"),
+]

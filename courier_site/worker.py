@@ -1,0 +1,60 @@
+"""Celery worker hooks: refuse to start on a schema that is behind, keep partitions ready, heartbeat."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from celery import signals
+from django.conf import settings
+
+from courier_site.errors import SchemaBehind
+
+logger = logging.getLogger("courier.worker")
+_heartbeat: Any = None
+
+
+def ensure_schema_current() -> None:
+    """Exit the process when the database lacks scripts this build ships."""
+    from courier_site.db import conninfo_for
+    from courier_site.sqlmigrations import check_schema_current
+
+    try:
+        check_schema_current(conninfo_for(), settings.COURIER_SQL_DIR)
+    except SchemaBehind as error:
+        logger.critical("%s", error)
+        print(f"courier: {error}", file=sys.stderr, flush=True)
+        # SystemExit passes through Celery's signal dispatch, which logs and swallows Exceptions.
+        raise SystemExit(3) from error
+
+
+@signals.worker_init.connect
+def _check_schema_before_start(**_: Any) -> None:
+    ensure_schema_current()
+
+
+@signals.worker_ready.connect
+def _on_worker_ready(sender: Any = None, **_: Any) -> None:
+    global _heartbeat
+    from django.db import connection
+
+    from courier_site import heartbeats, partitions
+    from system.values import setting_int
+
+    # Partitions at every worker start, so a long beat outage cannot exhaust them.
+    try:
+        partitions.ensure_partitions(setting_int("partition.months_ahead", partitions.MINIMUM_MONTHS_AHEAD))
+    except Exception:
+        logger.exception("could not create monthly partitions at worker start")
+    finally:
+        connection.close()
+    name = heartbeats.process_name("worker", getattr(sender, "hostname", None))
+    _heartbeat = heartbeats.HeartbeatThread("worker", name)
+    _heartbeat.start()
+
+
+@signals.worker_shutdown.connect
+def _on_worker_shutdown(**_: Any) -> None:
+    if _heartbeat is not None:
+        _heartbeat.stop()

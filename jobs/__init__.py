@@ -1,0 +1,1 @@
+"""Jobs, steps, versions, executions, chains, dependencies and schedules."""

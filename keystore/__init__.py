@@ -1,0 +1,1 @@
+"""PGP and SSH keys and public-key share links."""

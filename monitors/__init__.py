@@ -1,0 +1,1 @@
+"""File monitors that watch local or remote directories and trigger jobs."""

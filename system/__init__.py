@@ -1,0 +1,1 @@
+"""System settings editable by Admins."""

@@ -1,0 +1,1 @@
+"""Tags attached to jobs, chains, connections, keys and monitors."""
