@@ -83,8 +83,13 @@ class AuditLogEntryQuerySet(models.QuerySet):
             "event_type": event_type,
             "payload": _json(payload if payload is not None else {"operation": operation, **(details or {})}),
         }
-        with connections[self.db].cursor() as cursor:
-            cursor.execute(_INSERT_AUDIT_AND_EVENT if event_type else _INSERT_AUDIT_ONLY, params)
+        wrapper = connections[self.db]
+        wrapper.ensure_connection()
+        # A psycopg cursor on Django's own connection (same transaction): server-side
+        # binding lets PostgreSQL keep the statement prepared, roughly halving the cost
+        # of the thousands of audit writes a busy worker makes.
+        with wrapper.wrap_database_errors, wrapper.connection.cursor() as cursor:
+            cursor.execute(_INSERT_AUDIT_AND_EVENT if event_type else _INSERT_AUDIT_ONLY, params, prepare=True)
         return params["audit_id"]
 
     def for_entity(self, entity_type: str, entity_id: Any) -> AuditLogEntryQuerySet:

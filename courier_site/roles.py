@@ -18,6 +18,8 @@ OPERATOR_MANAGED = {
     "monitors": {"filemonitor", "monitorjobbinding"},
     "tags": {"tag", "entitytag"},
 }
+# Action permissions an Operator holds besides editing: running jobs and controlling executions.
+OPERATOR_EXTRA = {("jobs", "run_job"), ("jobs", "control_jobexecution")}
 ADMIN_EXTRA_APPS = ("auth",)
 
 
@@ -30,6 +32,8 @@ def role_grants(role: str, app_label: str, model: str, codename: str) -> bool:
         return False
     if codename.startswith("view_"):
         return role in (OPERATOR, VIEWER)
+    if (app_label, codename) in OPERATOR_EXTRA:
+        return role == OPERATOR
     return role == OPERATOR and model in OPERATOR_MANAGED.get(app_label, set())
 
 

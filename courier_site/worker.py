@@ -52,6 +52,23 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     name = heartbeats.process_name("worker", getattr(sender, "hostname", None))
     _heartbeat = heartbeats.HeartbeatThread("worker", name)
     _heartbeat.start()
+    # Executions left running by a worker that died are recovered at every worker start.
+    try:
+        from jobs.engine.recovery import recover_lost_executions
+
+        recover_lost_executions()
+    except Exception:
+        logger.exception("could not recover lost executions at worker start")
+    finally:
+        connection.close()
+
+
+@signals.worker_shutting_down.connect
+def _on_worker_shutting_down(**_: Any) -> None:
+    # Marking this worker stopped tells its running executions (in the pool processes)
+    # to checkpoint and hand over within a second, instead of running to their end.
+    if _heartbeat is not None:
+        _heartbeat.stop()
 
 
 @signals.worker_shutdown.connect

@@ -1,0 +1,180 @@
+"""Console forms for jobs: failure policy fields, step configuration checked against the step type's schema."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from typing import Any
+
+from django import forms
+from django.core.exceptions import ValidationError
+from django.utils.html import format_html_join
+
+from courier_site.errors import CourierError
+from jobs.definitions import check_references
+from jobs.engine.flow import parse
+from jobs.policy import POLICY_TYPES, FailurePolicy
+from jobs.steps.base import ConfigField, get_step_type, registered_types
+
+
+def step_type_choices() -> list[tuple[str, str]]:
+    return [
+        (key, f"{key} — {cls.label or cls.description or key}")
+        for key, cls in registered_types().items()
+        if not key.startswith("test.")
+    ]
+
+
+def step_type_reference() -> str:
+    """HTML listing every step type with its documented keys (help under the configuration field)."""
+    rows = []
+    for key, cls in registered_types().items():
+        if key.startswith("test."):
+            continue
+        keys = ", ".join(f"{f.name}{'*' if f.required else ''} ({f.kind})" for f in cls.fields) or "no keys"
+        rows.append((key, keys))
+    return format_html_join("", "<div><code>{}</code>: {}</div>", rows)
+
+
+class JobForm(forms.ModelForm):
+    """Job with its failure policy as separate fields instead of raw JSON."""
+
+    policy_type = forms.ChoiceField(
+        choices=[(value, value.replace("_", " ")) for value in POLICY_TYPES],
+        initial="stop",
+        help_text="What happens when a step fails: stop the run, retry the step, queue a new run, "
+        "or skip the step and go on (the run is then not counted a success).",
+    )
+    max_retries = forms.IntegerField(
+        min_value=0, max_value=10, initial=3, help_text="Retries for retry step / retry job."
+    )
+    backoff_base_seconds = forms.FloatField(
+        min_value=0, max_value=3600, initial=1, help_text="First retry delay; doubles each retry."
+    )
+    backoff_max_seconds = forms.FloatField(
+        min_value=0, max_value=86400, initial=60, help_text="Longest delay between step retries."
+    )
+
+    class Meta:
+        fields = ("name", "description", "is_enabled")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        policy = (self.instance.failure_policy if self.instance and self.instance.pk else None) or {}
+        for key in ("max_retries", "backoff_base_seconds", "backoff_max_seconds"):
+            if key in policy:
+                self.fields[key].initial = policy[key]
+        self.fields["policy_type"].initial = policy.get("type", "stop")
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        data = {
+            "type": cleaned.get("policy_type") or "stop",
+            "max_retries": cleaned.get("max_retries") if cleaned.get("max_retries") is not None else 3,
+            "backoff_base_seconds": cleaned.get("backoff_base_seconds") or 0,
+            "backoff_max_seconds": cleaned.get("backoff_max_seconds") or 0,
+        }
+        try:
+            self.instance.failure_policy = FailurePolicy.from_json(data).to_json()
+        except CourierError as error:
+            raise ValidationError({"backoff_max_seconds": str(error)}) from error
+        return cleaned
+
+
+class JobStepForm(forms.ModelForm):
+    """One step row: the type must be registered and the configuration must fit its schema."""
+
+    type_key = forms.ChoiceField(choices=step_type_choices, help_text="What the step does.")
+
+    class Meta:
+        fields = ("step_order", "name", "type_key", "alias", "configuration", "timeout_seconds")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if "configuration" in self.fields:
+            self.fields["configuration"].help_text = step_type_reference()
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        type_key = cleaned.get("type_key")
+        configuration = cleaned.get("configuration")
+        if type_key and configuration is not None:
+            label = f"step {cleaned.get('step_order')} ({cleaned.get('name') or type_key})"
+            try:
+                problems = get_step_type(type_key).validate(configuration, label)
+            except CourierError as error:
+                raise ValidationError({"type_key": str(error)}) from error
+            if problems:
+                raise ValidationError({"configuration": [f"[E2002] {problem}" for problem in problems]})
+        return cleaned
+
+
+class JobStepFormSet(forms.BaseInlineFormSet):
+    """Checks the definition as a whole: block structure and context references."""
+
+    def clean(self) -> None:
+        super().clean()
+        steps = []
+        orders = set()
+        for form in self.forms:
+            if not hasattr(form, "cleaned_data") or not form.cleaned_data or form.cleaned_data.get("DELETE"):
+                continue
+            data = form.cleaned_data
+            if data.get("step_order") in orders:
+                raise ValidationError(f"two steps have order {data.get('step_order')}; orders must be unique")
+            orders.add(data.get("step_order"))
+            steps.append(
+                {
+                    "step_order": data.get("step_order"),
+                    "name": data.get("name"),
+                    "type_key": data.get("type_key"),
+                    "alias": data.get("alias"),
+                    "configuration": data.get("configuration") or {},
+                }
+            )
+        if any(step["step_order"] is None or step["type_key"] is None for step in steps):
+            return  # field errors are shown on the rows
+        try:
+            parse(steps)
+        except CourierError as error:
+            raise ValidationError(str(error)) from error
+        problems = check_references(steps)
+        if problems:
+            raise ValidationError([f"[E2003] {problem}" for problem in problems])
+
+
+def config_form_class(type_key: str) -> type[forms.Form]:
+    """A form with one field per documented key of a step type (the per-type configuration editor)."""
+    step_type = get_step_type(type_key)
+    form_fields: dict[str, forms.Field] = {}
+    for config_field in step_type.fields:
+        form_fields[config_field.name] = _form_field(config_field)
+    return type(f"{type_key.replace('.', '_')}_ConfigForm", (forms.Form,), form_fields)
+
+
+def _form_field(config_field: ConfigField) -> forms.Field:
+    common = {"required": config_field.required, "help_text": config_field.help, "label": config_field.name}
+    if config_field.choices:
+        return forms.ChoiceField(choices=[(choice, choice) for choice in config_field.choices], **common)
+    if config_field.kind == "boolean":
+        return forms.BooleanField(**{**common, "required": False}, initial=config_field.default)
+    if config_field.kind in ("string",):
+        widget = forms.PasswordInput(render_value=False) if config_field.secret else None
+        return (
+            forms.CharField(widget=widget, initial=config_field.default, **common)
+            if widget
+            else forms.CharField(initial=config_field.default, **common)
+        )
+    # Numbers, lists and objects accept JSON so that context: references stay possible.
+    return forms.JSONField(initial=config_field.default, **common)
+
+
+def version_diff(old: dict[str, Any], new: dict[str, Any], old_label: str, new_label: str) -> list[str]:
+    """Unified diff of two version snapshots as pretty-printed JSON lines."""
+    before = json.dumps(old, indent=2, sort_keys=True).splitlines()
+    after = json.dumps(new, indent=2, sort_keys=True).splitlines()
+    return list(difflib.unified_diff(before, after, fromfile=old_label, tofile=new_label, lineterm=""))
+
+
+def is_secret_field(type_key: str, name: str) -> bool:
+    return any(field.name == name and field.secret for field in get_step_type(type_key).fields)

@@ -1,0 +1,33 @@
+"""`manage.py export_definitions`: write job definitions (steps, policies, tags) as JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser
+
+from jobs.portability import export_jobs
+
+
+class Command(BaseCommand):
+    help = "Export job definitions as JSON (to a file or standard output); secrets are never exported."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--output", "-o", help="file to write (default: standard output)")
+        parser.add_argument("--job", action="append", default=[], help="export only this job name (repeatable)")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        from jobs.models import Job
+
+        jobs = Job.objects.all()
+        if options["job"]:
+            jobs = jobs.filter(name__in=options["job"])
+        document = export_jobs(jobs)
+        text = json.dumps(document, indent=2, sort_keys=False)
+        if options["output"]:
+            Path(options["output"]).write_text(text + "\n")
+            self.stderr.write(f"Exported {len(document['jobs'])} job(s) to {options['output']}.")
+        else:
+            self.stdout.write(text)

@@ -1,0 +1,56 @@
+"""Celery tasks of the job engine; thin callers of jobs.engine."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+
+from jobs.engine import control, dispatch, recovery
+from jobs.engine.runner import ExecutionRunner
+
+logger = logging.getLogger(__name__)
+
+
+# No Celery time limit: a job's steps carry their own timeouts, and a hard kill would
+# lose the checkpoint. acks_late + reject_on_worker_lost redeliver a message whose
+# worker died; the claim makes the redelivery a no-op once the execution has started.
+@shared_task(
+    name="jobs.run_execution",
+    queue="courier",
+    acks_late=True,
+    time_limit=None,
+    soft_time_limit=None,
+    bind=True,
+    ignore_result=True,
+)
+def run_execution(self, execution_id: str) -> str:
+    """Claim a queued execution and run it to its end, pause or cancel; then dispatch the next ones."""
+    worker_name = self.request.hostname or "inline"
+    if not control.claim(execution_id, worker_name):
+        return "not-claimed"
+    try:
+        return ExecutionRunner(execution_id, worker_name).run()
+    finally:
+        control.dispatch_soon()
+
+
+@shared_task(name="jobs.dispatch_sweep", queue="courier", acks_late=True, ignore_result=True, expires=10)
+def dispatch_sweep() -> int:
+    """Periodic safety net: dispatch queued executions whose message never arrived."""
+    return len(dispatch.dispatch())
+
+
+@shared_task(name="jobs.recover_lost_executions", queue="courier", acks_late=True, ignore_result=True, expires=60)
+def recover_lost_executions() -> int:
+    recovered = recovery.recover_lost_executions()
+    if recovered:
+        logger.warning("recovered %d execution(s) whose worker was lost", len(recovered))
+    return len(recovered)
+
+
+@shared_task(name="jobs.cleanup_work_dirs", queue="courier", acks_late=True, ignore_result=True)
+def cleanup_work_dirs() -> int:
+    removed = recovery.cleanup_orphan_work_dirs()
+    logger.info("removed %d orphaned work directories", len(removed))
+    return len(removed)
