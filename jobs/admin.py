@@ -208,9 +208,8 @@ class JobStepAdmin(ModelAdmin):
 
     def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
         type_key = obj.type_key if obj else request.GET.get("type_key")
-        base = super().get_form(
-            request, obj, change, fields=("job", "step_order", "name", "type_key", "alias", "timeout_seconds"), **kwargs
-        )
+        kwargs["fields"] = ("job", "step_order", "name", "type_key", "alias", "timeout_seconds")
+        base = super().get_form(request, obj, change, **kwargs)
         if not type_key:
             return base
         try:
@@ -255,6 +254,7 @@ class JobStepAdmin(ModelAdmin):
         return sets
 
     def save_model(self, request: HttpRequest, obj: JobStep, form: Any, change: bool) -> None:
+        obj.alias = (obj.alias or "").strip() or None
         super().save_model(request, obj, form, change)
         record_version(obj.job, created_by=request.user)
 

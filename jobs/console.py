@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from typing import Any
 
 from django import forms
@@ -15,6 +16,9 @@ from jobs.definitions import check_references
 from jobs.engine.flow import parse
 from jobs.policy import POLICY_TYPES, FailurePolicy
 from jobs.steps.base import ConfigField, get_step_type, registered_types
+
+
+ALIAS = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def step_type_choices() -> list[tuple[str, str]]:
@@ -93,6 +97,12 @@ class JobStepForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         if "configuration" in self.fields:
             self.fields["configuration"].help_text = step_type_reference()
+
+    def clean_alias(self) -> str | None:
+        alias = (self.cleaned_data.get("alias") or "").strip() or None
+        if alias and not ALIAS.match(alias):
+            raise ValidationError("An alias starts with a letter or _ and holds only letters, digits and _.")
+        return alias
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()

@@ -1,0 +1,112 @@
+"""Export and import of job definitions, and the run_job command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from jobs.models import Job, JobExecution, JobVersion
+from jobs.portability import ImportRefused, export_jobs, import_jobs
+from tags.models import EntityTag, Tag
+from tests.engine_support import make_job
+
+pytestmark = pytest.mark.django_db
+
+
+def test_export_then_import_elsewhere_recreates_the_definition(tmp_path: Path) -> None:
+    job = make_job(
+        [("flow.foreach", {"source": ["a"]}), ("flow.end", {})],
+        name="Promote me",
+        policy={"type": "retry_job", "max_retries": 2},
+    )
+    tag = Tag.objects.create(name="Finance")
+    EntityTag.objects.create(tag=tag, entity_type="job", entity_id=job.pk)
+    path = tmp_path / "definitions.json"
+    call_command("export_definitions", "--output", str(path), "--job", "Promote me")
+    document = json.loads(path.read_text())
+
+    # Another environment: the job does not exist there yet.
+    job.hard_delete()
+    report = import_jobs(document, by="deployer")
+
+    assert report["created"] == ["Promote me"]
+    imported = Job.objects.get(name="Promote me")
+    assert imported.failure_policy == {"type": "retry_job", "max_retries": 2}
+    assert [s.type_key for s in imported.steps.order_by("step_order")] == ["flow.foreach", "flow.end"]
+    assert EntityTag.objects.filter(entity_id=imported.pk, tag__name="Finance").exists()
+    assert JobVersion.objects.get(job=imported).created_by == "deployer"
+
+
+def test_reimporting_an_unchanged_definition_writes_no_new_version() -> None:
+    make_job([("flow.foreach", {"source": []}), ("flow.end", {})], name="Stable")
+    document = export_jobs(Job.objects.filter(name="Stable"))
+
+    report = import_jobs(document, by="deployer")
+
+    assert report["unchanged"] == ["Stable"]
+    assert JobVersion.objects.filter(job__name="Stable").count() == 1
+
+
+def test_changed_definition_is_updated_with_a_new_version() -> None:
+    make_job([("flow.foreach", {"source": []}), ("flow.end", {})], name="Evolving")
+    document = export_jobs(Job.objects.filter(name="Evolving"))
+    document["jobs"][0]["steps"][0]["configuration"] = {"source": ["x"]}
+
+    assert import_jobs(document, by="deployer")["updated"] == ["Evolving"]
+    job = Job.objects.get(name="Evolving")
+    assert job.current_version == 2
+    assert job.steps.get(step_order=0).configuration == {"source": ["x"]}
+
+
+def test_an_invalid_definition_refuses_the_whole_file_and_changes_nothing() -> None:
+    make_job([("flow.foreach", {"source": []}), ("flow.end", {})], name="Keep me")
+    document = export_jobs(Job.objects.filter(name="Keep me"))
+    document["jobs"][0]["steps"][0]["configuration"] = {"source": ["changed"]}
+    document["jobs"].append(
+        {"name": "Broken", "steps": [{"step_order": 0, "type_key": "nope.step", "configuration": {}}]}
+    )
+
+    with pytest.raises(ImportRefused, match=r"\[E2060\] job 'Broken': \[E2001\] unknown step type 'nope.step'"):
+        import_jobs(document, by="deployer")
+
+    assert not Job.objects.filter(name="Broken").exists()
+    assert Job.objects.get(name="Keep me").steps.get(step_order=0).configuration == {"source": []}
+
+
+def test_import_command_reports_a_malformed_file(tmp_path: Path) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text('{"format": "something-else"}')
+    with pytest.raises(CommandError, match="not a Courier definitions file"):
+        call_command("import_definitions", str(path))
+
+
+def test_dry_run_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_job([("flow.foreach", {"source": []}), ("flow.end", {})], name="Dry")
+    document = export_jobs(Job.objects.filter(name="Dry"))
+    document["jobs"][0]["name"] = "Dry copy"
+    path = tmp_path / "defs.json"
+    path.write_text(json.dumps(document))
+
+    call_command("import_definitions", str(path), "--dry-run")
+
+    assert "Dry run: would import 1 new" in capsys.readouterr().out
+    assert not Job.objects.filter(name="Dry copy").exists()
+
+
+def test_run_job_queues_an_execution_by_name(capsys: pytest.CaptureFixture[str]) -> None:
+    job = make_job([("flow.foreach", {"source": []}), ("flow.end", {})], name="Nightly export")
+
+    call_command("run_job", "Nightly export", "--json", "--user", "ops")
+
+    output = json.loads(capsys.readouterr().out)
+    execution = JobExecution.objects.get(pk=output["execution_id"])
+    assert (execution.job_id, execution.state, execution.triggered_by) == (job.pk, "queued", "manual:ops")
+
+
+def test_run_job_names_an_unknown_job() -> None:
+    with pytest.raises(CommandError, match="no job named or with id 'missing'"):
+        call_command("run_job", "missing")
