@@ -17,7 +17,6 @@ from jobs.engine.flow import parse
 from jobs.policy import POLICY_TYPES, FailurePolicy
 from jobs.steps.base import ConfigField, get_step_type, registered_types
 
-
 ALIAS = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
