@@ -32,6 +32,8 @@ CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 COURIER_DATA_DIR = Path(env.str("COURIER_DATA_DIR", default=str(BASE_DIR / ".data" / "files")))
 COURIER_SQL_DIR = BASE_DIR / "sql"
 # Steps may only touch paths under these folders (the data dir always included) [E2040].
+# Extra modules that register step types (plug-ins), e.g. "acme_steps.partner_api".
+COURIER_STEP_MODULES = env.list("COURIER_STEP_MODULES", default=[])
 COURIER_ALLOWED_ROOTS = [COURIER_DATA_DIR, *(Path(root) for root in env.list("COURIER_ALLOWED_ROOTS", default=[]))]
 
 INSTALLED_APPS = [

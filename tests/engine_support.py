@@ -123,3 +123,23 @@ def step_rows(execution: Any) -> list[Any]:
     from jobs.models import StepExecution
 
     return list(StepExecution.objects.filter(job_execution_id=execution.pk).order_by("started_at", "retry_attempt"))
+
+
+@register
+class SleepOnceStep(StepType):
+    """Long the first time in a work directory, short afterwards: shows a resumed run reuses its directory."""
+
+    type_key = "test.sleep_once"
+    fields = (ConfigField("seconds", "number", required=True), ConfigField("again_seconds", "number", default=0.1))
+    outputs = ("runs",)
+
+    def execute(self, config: dict[str, Any], context: Any, cancel: Any) -> StepResult:
+        marker = Path(context.work_dir) / ".sleep_once"
+        runs = int(marker.read_text()) + 1 if marker.exists() else 1
+        marker.write_text(str(runs))
+        seconds = float(config["seconds"] if runs == 1 else config["again_seconds"])
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            cancel.check()
+            time.sleep(0.02)
+        return StepResult(outputs={"runs": runs})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -213,9 +214,20 @@ def validate_step(type_key: str, config: dict[str, Any], step_label: str) -> Non
         raise StepConfigurationError("; ".join(problems))
 
 
+BUILTIN_STEP_MODULES = ("jobs.steps.flow", "jobs.steps.files", "jobs.steps.archive")
+_loaded = False
+
+
 def _load_builtin_steps() -> None:
-    # Importing the modules registers their classes; new step types are new modules here.
-    from jobs.steps import archive, files, flow  # noqa: F401
+    """Import the modules that register step types: the built-in ones and COURIER_STEP_MODULES plug-ins."""
+    global _loaded
+    if _loaded:
+        return
+    from django.conf import settings
+
+    for module in (*BUILTIN_STEP_MODULES, *getattr(settings, "COURIER_STEP_MODULES", [])):
+        importlib.import_module(module)
+    _loaded = True
 
 
 def as_list(value: Any) -> list[Any]:
