@@ -10,6 +10,7 @@ from django.utils import timezone
 from audit.models import AuditLogEntry
 from courier_site.errors import CourierError
 from jobs.definitions import check_definition, record_version
+from jobs.redaction import is_secret_key
 
 FORMAT = "courier-definitions"
 FORMAT_VERSION = 1
@@ -43,7 +44,10 @@ def export_jobs(jobs: Any) -> dict[str, Any]:
                         "name": step.name,
                         "type_key": step.type_key,
                         "alias": step.alias,
-                        "configuration": step.configuration,
+                        # Secrets never leave in an export; they are entered again in the target environment.
+                        "configuration": {
+                            key: value for key, value in (step.configuration or {}).items() if not is_secret_key(key)
+                        },
                         "timeout_seconds": step.timeout_seconds,
                     }
                     for step in job.steps.order_by("step_order")

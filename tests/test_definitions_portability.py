@@ -110,3 +110,10 @@ def test_run_job_queues_an_execution_by_name(capsys: pytest.CaptureFixture[str])
 def test_run_job_names_an_unknown_job() -> None:
     with pytest.raises(CommandError, match="no job named or with id 'missing'"):
         call_command("run_job", "missing")
+
+
+def test_export_leaves_secrets_out() -> None:
+    make_job([("file.zip", {"source_path": "a", "output_path": "b.zip", "password": "zip-secret-123"})], name="Zipper")
+    document = export_jobs(Job.objects.filter(name="Zipper"))
+    assert "zip-secret-123" not in json.dumps(document)
+    assert document["jobs"][0]["steps"][0]["configuration"] == {"source_path": "a", "output_path": "b.zip"}

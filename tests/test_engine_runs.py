@@ -293,3 +293,49 @@ def test_disabled_job_cannot_be_run() -> None:
     job.save()
     with pytest.raises(control.JobNotRunnable, match=r"\[E2022\].*disabled"):
         control.enqueue(job, triggered_by="manual:tester")
+
+
+def test_file_and_archive_steps_chain_through_context_references(data_dir) -> None:
+    job = make_job(
+        [
+            ("test.write", {"name": "report.csv", "text": "id\n1\n"}),
+            (
+                "file.zip",
+                {
+                    "source_path": "context:0.path",
+                    "output_path": "out/{date:%Y}/{execution_id}.zip",
+                    "password": "zip-pass",
+                },
+            ),
+            (
+                "file.unzip",
+                {"archive_path": "context:1.archive_path", "output_directory": "unpacked/", "password": "zip-pass"},
+            ),
+            (
+                "file.copy",
+                {"source_path": "context:2.extracted_files", "destination_path": str(data_dir / "outbound") + "/"},
+            ),
+        ]
+    )
+    execution = run_inline(job)
+
+    assert execution.state == "completed", execution.error_message
+    assert (data_dir / "outbound" / "report.csv").read_text() == "id\n1\n"
+    archive_path = execution.context_snapshot["values"]["1.archive_path"]
+    assert archive_path.endswith(f"{execution.pk}.zip")
+    rows = step_rows(execution)
+    assert [row.type_key for row in rows] == ["test.write", "file.zip", "file.unzip", "file.copy"]
+    assert rows[1].bytes_processed > 0
+
+
+def test_hostile_archive_fails_the_step_with_e7004(data_dir) -> None:
+    from tests import archive_factory
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    archive = archive_factory.zip_with_names(data_dir / "slip.zip", ["../../evil.txt"])
+    job = make_job([("file.unzip", {"archive_path": str(archive), "output_directory": "out/"})])
+    execution = run_inline(job)
+
+    assert execution.state == "failed"
+    assert "[E7004]" in execution.error_message
+    assert not (data_dir / "evil.txt").exists()

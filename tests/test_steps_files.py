@@ -1,0 +1,105 @@
+"""file.copy / file.move / file.rename / file.delete on real files, with path confinement [E2040]."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from jobs.errors import Cancelled, PathNotAllowed, StepFailed
+from jobs.steps.base import CancelToken
+from jobs.steps.files import CopyStep, DeleteStep, MoveStep, RenameStep
+from tests.step_support import make_context
+
+
+@pytest.fixture
+def context(tmp_path: Path):
+    ctx = make_context(tmp_path)
+    (ctx.work_dir / "in").mkdir()
+    for name, text in {"a.csv": "alpha", "b.csv": "bravo", "c.txt": "charlie"}.items():
+        (ctx.work_dir / "in" / name).write_text(text)
+    return ctx
+
+
+def run(step, config, context):
+    config = step.with_defaults(config)
+    assert step.validate(config) == []
+    return step.execute(config, context, context.cancel)
+
+
+def test_copy_glob_into_a_directory_keeps_names(context) -> None:
+    result = run(CopyStep(), {"source_path": "in/*.csv", "destination_path": "out/"}, context)
+
+    assert sorted(Path(p).name for p in result.outputs["copied_files"]) == ["a.csv", "b.csv"]
+    assert (context.work_dir / "out" / "a.csv").read_text() == "alpha"
+    assert (context.work_dir / "in" / "a.csv").exists()
+    assert result.bytes_processed == 10
+    assert not list((context.work_dir / "out").glob("*.courier-tmp"))
+
+
+def test_copy_to_a_file_name_needs_exactly_one_source(context) -> None:
+    run(CopyStep(), {"source_path": "in/c.txt", "destination_path": "renamed.txt"}, context)
+    assert (context.work_dir / "renamed.txt").read_text() == "charlie"
+    with pytest.raises(StepFailed, match=r"\[E2050\].*2 files were selected"):
+        run(CopyStep(), {"source_path": "in/*.csv", "destination_path": "one.csv"}, context)
+
+
+def test_existing_target_is_kept_when_overwrite_is_false(context) -> None:
+    (context.work_dir / "out").mkdir()
+    (context.work_dir / "out" / "a.csv").write_text("older")
+    with pytest.raises(StepFailed, match="exists and overwrite is false"):
+        run(CopyStep(), {"source_path": "in/a.csv", "destination_path": "out/", "overwrite": False}, context)
+    assert (context.work_dir / "out" / "a.csv").read_text() == "older"
+
+
+def test_a_pattern_matching_nothing_fails_with_the_pattern(context) -> None:
+    with pytest.raises(StepFailed, match=r"no file matches source 'in/\*.xml'"):
+        run(CopyStep(), {"source_path": "in/*.xml", "destination_path": "out/"}, context)
+
+
+def test_move_removes_the_sources(context) -> None:
+    result = run(MoveStep(), {"source_path": ["in/a.csv", "in/b.csv"], "destination_path": "archive/"}, context)
+    assert len(result.outputs["moved_files"]) == 2
+    assert not (context.work_dir / "in" / "a.csv").exists()
+    assert (context.work_dir / "archive" / "b.csv").read_text() == "bravo"
+
+
+def test_rename_takes_a_bare_name_only(context) -> None:
+    result = run(RenameStep(), {"path": "in/c.txt", "new_name": "c-final.txt"}, context)
+    assert Path(result.outputs["renamed_file"]).name == "c-final.txt"
+    problems = RenameStep().validate({"path": "in/a.csv", "new_name": "../escape.csv"})
+    assert any("bare file name" in problem for problem in problems)
+
+
+def test_delete_with_and_without_matches(context) -> None:
+    result = run(DeleteStep(), {"path": "in/*.csv"}, context)
+    assert len(result.outputs["deleted_files"]) == 2
+    assert run(DeleteStep(), {"path": "in/*.csv"}, context).outputs["deleted_files"] == []
+    with pytest.raises(StepFailed, match="no file matches"):
+        run(DeleteStep(), {"path": "in/*.csv", "fail_if_not_found": True}, context)
+
+
+@pytest.mark.parametrize("destination", ["../../../escaped.txt", "/etc/courier-test.txt"])
+def test_paths_outside_the_allowed_roots_are_refused(context, destination: str) -> None:
+    with pytest.raises(PathNotAllowed, match=r"\[E2040\]"):
+        run(CopyStep(), {"source_path": "in/a.csv", "destination_path": destination}, context)
+
+
+def test_a_symlink_pointing_outside_is_refused(context, tmp_path: Path) -> None:
+    outside = tmp_path / "outside.txt"
+    outside.write_text("secret")
+    os.symlink(outside, context.work_dir / "in" / "link.csv")
+    with pytest.raises(PathNotAllowed, match=r"\[E2040\]"):
+        run(CopyStep(), {"source_path": "in/link.csv", "destination_path": "out/"}, context)
+
+
+def test_copy_stops_between_chunks_when_cancelled(context) -> None:
+    token = CancelToken()
+    token.request("cancel")
+    context.cancel = token
+    with pytest.raises(Cancelled):
+        CopyStep().execute(
+            CopyStep().with_defaults({"source_path": "in/a.csv", "destination_path": "out/"}), context, token
+        )
+    assert not list((context.work_dir / "out").glob("*"))
