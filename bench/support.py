@@ -104,10 +104,14 @@ class Report:
                 sign = ">=" if figure.higher_is_better else "<="
                 targets.append(f"{sign} {figure.target_absolute:g} {figure.unit}")
             print(
-                f"  {figure.label}: {figure.measured:,.1f} {figure.unit}"
-                f" | anchor {figure.anchor_label}: {figure.anchor:,.1f} {figure.unit}"
+                f"  {figure.label}: {_number(figure.measured)} {figure.unit}"
+                f" | anchor {figure.anchor_label}: {_number(figure.anchor)} {figure.unit}"
                 f" | ratio {figure.ratio:,.2f}x"
                 f" | target {' and '.join(targets) or 'none'}: {'MET' if figure.met else 'NOT MET'}"
             )
         for note in self.notes:
             print(f"  note: {note}")
+
+
+def _number(value: float) -> str:
+    return f"{value:,.3f}" if abs(value) < 10 else f"{value:,.1f}"

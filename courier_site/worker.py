@@ -75,3 +75,12 @@ def _on_worker_shutting_down(**_: Any) -> None:
 def _on_worker_shutdown(**_: Any) -> None:
     if _heartbeat is not None:
         _heartbeat.stop()
+
+
+@signals.worker_process_init.connect
+def _warm_pool_process(**_: Any) -> None:
+    # Import every step type (archive libraries included) when a pool process starts,
+    # not when its first execution is picked up: pickup latency stays flat.
+    from jobs.steps.base import registered_types
+
+    registered_types()
