@@ -339,3 +339,24 @@ def test_hostile_archive_fails_the_step_with_e7004(data_dir) -> None:
     assert execution.state == "failed"
     assert "[E7004]" in execution.error_message
     assert not (data_dir / "evil.txt").exists()
+
+
+def test_daily_cleanup_removes_old_orphan_work_dirs_only(data_dir) -> None:
+    import os
+    import time as clock
+
+    from jobs.engine.recovery import cleanup_orphan_work_dirs
+    from jobs.engine.workdirs import work_root
+
+    active = control.enqueue(make_job([("test.write", {"name": "a"})]), triggered_by="manual:tester")
+    old_orphan, fresh_orphan, active_dir = work_root() / "old-orphan", work_root() / "fresh-orphan", work_dir(active.pk)
+    for folder in (old_orphan, fresh_orphan, active_dir):
+        folder.mkdir(parents=True)
+    eight_days_ago = clock.time() - 8 * 86400
+    for folder in (old_orphan, active_dir):
+        os.utime(folder, (eight_days_ago, eight_days_ago))
+
+    removed = cleanup_orphan_work_dirs()
+
+    assert removed == ["old-orphan"]
+    assert fresh_orphan.exists() and active_dir.exists()

@@ -34,18 +34,36 @@ class Command(BaseCommand):
             self.stdout.write(f"Demo job '{DEMO_JOB}' already exists; sample files are in {inbox}.")
             return
         steps = [
-            ("Pack the inbox", "file.zip", {"source_path": f"{inbox}/*.csv",
-                                            "output_path": "out/inbox-{date:%Y%m%d}-{execution_id}.zip"}),
-            ("Verify the archive", "file.unzip", {"archive_path": "context:pack.archive_path",
-                                                  "output_directory": "verify/"}),
-            ("Deliver", "file.copy", {"source_path": "context:pack.archive_path",
-                                      "destination_path": f"{demo / 'outbound'}/"}),
+            (
+                "Pack the inbox",
+                "file.zip",
+                {"source_path": f"{inbox}/*.csv", "output_path": "out/inbox-{date:%Y%m%d}-{execution_id}.zip"},
+            ),
+            (
+                "Verify the archive",
+                "file.unzip",
+                {"archive_path": "context:pack.archive_path", "output_directory": "verify/"},
+            ),
+            (
+                "Deliver",
+                "file.copy",
+                {"source_path": "context:pack.archive_path", "destination_path": f"{demo / 'outbound'}/"},
+            ),
         ]
         with transaction.atomic():
-            job = Job.objects.create(name=DEMO_JOB, description="Zips the CSV files of the demo inbox, checks the "
-                                     "archive opens, and copies it to the demo outbound folder.")
+            job = Job.objects.create(
+                name=DEMO_JOB,
+                description="Zips the CSV files of the demo inbox, checks the "
+                "archive opens, and copies it to the demo outbound folder.",
+            )
             for order, (name, type_key, configuration) in enumerate(steps):
-                JobStep.objects.create(job=job, step_order=order, name=name, type_key=type_key,
-                                       configuration=configuration, alias="pack" if order == 0 else None)
+                JobStep.objects.create(
+                    job=job,
+                    step_order=order,
+                    name=name,
+                    type_key=type_key,
+                    configuration=configuration,
+                    alias="pack" if order == 0 else None,
+                )
             record_version(job, created_by="system")
         self.stdout.write(f"Created demo job '{DEMO_JOB}'; sample files are in {inbox}.")
