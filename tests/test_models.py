@@ -35,7 +35,7 @@ pytestmark = pytest.mark.django_db
 
 def partition_of(table: str, pk: uuid.UUID) -> str:
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT tableoid::regclass::text FROM {table} WHERE id = %s", [pk])  # noqa: S608
+        cursor.execute(f"SELECT tableoid::regclass::text FROM {table} WHERE id = %s", [pk])
         return cursor.fetchone()[0]
 
 
