@@ -360,3 +360,25 @@ def test_daily_cleanup_removes_old_orphan_work_dirs_only(data_dir) -> None:
 
     assert removed == ["old-orphan"]
     assert fresh_orphan.exists() and active_dir.exists()
+
+
+def test_live_progress_and_heartbeat_are_recorded_while_a_step_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from jobs.models import StepExecution
+
+    monkeypatch.setattr(runner, "PROGRESS_SECONDS", 0.2)
+    seen: list[dict] = []
+    original = runner.ExecutionRunner._heartbeat
+
+    def spy(self, row=None, context=None):
+        original(self, row, context)
+        if row is not None:
+            progress = StepExecution.objects.get(pk=row.pk).progress
+            if progress:
+                seen.append(progress)
+
+    monkeypatch.setattr(runner.ExecutionRunner, "_heartbeat", spy)
+    execution = run_inline(make_job([("test.sleep", {"seconds": 1.0})]))
+
+    assert execution.state == "completed"
+    assert seen and seen[-1]["bytes_done"] > 0 and "rate_bytes_per_second" in seen[-1]
+    assert step_rows(execution)[0].progress is None  # cleared once the step finished

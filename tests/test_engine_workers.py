@@ -152,6 +152,10 @@ def test_pause_stops_a_running_step_within_a_second_and_resume_continues(cluster
     control.request_pause(execution.pk, by="tester")
     wait_state(cluster.database, execution.pk, {"paused"}, 5)
     assert time.monotonic() - requested < 1.5
+    paused_by = cluster.database.scalar(
+        "SELECT performed_by FROM audit_log_entries WHERE entity_id = %s AND operation = 'paused'", (execution.pk,)
+    )
+    assert paused_by == "tester"
 
     control.resume(execution.pk, by="tester")
     assert wait_state(cluster.database, execution.pk, {"completed", "failed"}, 30) == "completed"

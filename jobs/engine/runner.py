@@ -429,21 +429,30 @@ class ExecutionRunner:
             reason = self._poll_control()
             if reason:
                 raise ExecutionStopped(*self._stop_outcome(reason))
+            self._heartbeat()
 
-    def _heartbeat(self, row: Any, context: StepContext) -> None:
+    def _heartbeat(self, row: Any = None, context: StepContext | None = None) -> None:
+        """Every few seconds: the execution's heartbeat (crash recovery) and the step's live progress."""
         now = time.monotonic()
         if now - self.last_heartbeat < PROGRESS_SECONDS:
             return
         self.last_heartbeat = now
         from jobs.models import JobExecution, StepExecution
 
-        progress = {**context.progress.as_dict(), "updated_at": timezone.now().isoformat()}
-        StepExecution.objects.filter(pk=row.pk).update(progress=progress)
+        if row is not None and context is not None:
+            progress = {**context.progress.as_dict(), "updated_at": timezone.now().isoformat()}
+            StepExecution.objects.filter(pk=row.pk).update(progress=progress)
         JobExecution.objects.filter(pk=self.execution.pk).update(heartbeat_at=timezone.now())
 
     # ------------------------------------------------------------------ the end
     def _finish(self, outcome: str, message: str = "", reason: str = "") -> str:
-        by = self.execution.control_requested_by or "system"
+        from jobs.models import JobExecution
+
+        # Whoever asked for the pause or cancel is named in the audit record.
+        by = (
+            JobExecution.objects.filter(pk=self.execution.pk).values_list("control_requested_by", flat=True).first()
+            or "system"
+        )
         if outcome == "paused":
             control.transition(
                 self.execution.pk,
