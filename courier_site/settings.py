@@ -29,6 +29,22 @@ else:
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
+# Master key sealing every stored secret (32 random bytes, base64). Courier refuses to
+# start without a valid one [E1005]. Older keys stay listed only while rotating.
+COURIER_MASTER_KEY = env.str("COURIER_MASTER_KEY", default="")
+COURIER_PREVIOUS_MASTER_KEYS = env.list("COURIER_PREVIOUS_MASTER_KEYS", default=[])
+_master_key_problem = None
+try:
+    from courier_site.envelope import MasterKey
+
+    MasterKey.from_base64(COURIER_MASTER_KEY)
+    for _previous in COURIER_PREVIOUS_MASTER_KEYS:
+        MasterKey.from_base64(_previous, "COURIER_PREVIOUS_MASTER_KEYS")
+except Exception as _error:  # re-raised as Django's configuration error below
+    _master_key_problem = str(_error)
+if _master_key_problem:
+    raise environ.ImproperlyConfigured(_master_key_problem)
+
 COURIER_DATA_DIR = Path(env.str("COURIER_DATA_DIR", default=str(BASE_DIR / ".data" / "files")))
 COURIER_SQL_DIR = BASE_DIR / "sql"
 # Steps may only touch paths under these folders (the data dir always included) [E2040].
