@@ -94,6 +94,17 @@ class Connection(SoftDeleteModel):
     def has_password(self) -> bool:
         return bool(self.password_encrypted)
 
+    def set_password(self, password: str | None) -> None:
+        """Seal the password with the master key; it is never stored or shown in clear."""
+        from courier_site.envelope import keyring
+
+        self.password_encrypted = keyring().seal(password) if password else None
+
+    @property
+    def pending_host_keys(self) -> models.QuerySet:
+        """Host keys a server offered that no Admin approved yet: the connection is flagged while any exist."""
+        return self.known_hosts.filter(approved_by="")
+
 
 class KnownHost(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)

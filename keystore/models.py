@@ -44,6 +44,12 @@ class SshKey(SoftDeleteModel):
     def __str__(self) -> str:
         return f"{self.name} ({self.key_type})"
 
+    def set_private_key(self, text: str) -> None:
+        """Seal the private key (OpenSSH or PEM text) with the master key."""
+        from courier_site.envelope import keyring
+
+        self.private_key_data = keyring().seal(text)
+
 
 class PgpKey(SoftDeleteModel):
     class Algorithm(models.TextChoices):

@@ -79,10 +79,19 @@ class ExecutionRunner:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.last_control_poll = 0.0
         self.last_heartbeat = time.monotonic()
+        from connections.transfer.sessions import SessionPool
+
+        self.sessions = SessionPool()
 
     # ------------------------------------------------------------------ entry point
     def run(self) -> str:
         """Run to the end; returns the final state (completed, failed, paused, cancelled)."""
+        try:
+            return self._run()
+        finally:
+            self.sessions.close()  # one session per connection per execution, closed whatever happened
+
+    def _run(self) -> str:
         try:
             check_definition(self.definition)
             self.policy = FailurePolicy.from_json(self.definition.get("failure_policy"))
@@ -223,6 +232,8 @@ class ExecutionRunner:
     def _execute(self, step_type: Any, step: dict[str, Any], config: dict[str, Any], row: Any) -> StepResult:
         timeout = step.get("timeout_seconds") or 300
         token = CancelToken(deadline=time.monotonic() + timeout)
+        if config.get("connection_id"):
+            self.sessions.ensure(config["connection_id"])  # opened here: it reads and audits in the database
         context = StepContext(
             execution_id=str(self.execution.pk),
             work_dir=self.work_dir,
@@ -230,6 +241,7 @@ class ExecutionRunner:
             cancel=token,
             allowed_roots=workdirs.allowed_roots(),
             log=lambda message: logger.info("execution %s: %s", self.execution.pk, message),
+            sessions=self.sessions,
         )
         outcome: dict[str, Any] = {}
 
@@ -254,6 +266,7 @@ class ExecutionRunner:
                 logger.error("execution %s: step %s ignored its stop request", self.execution.pk, step["step_order"])
                 raise Cancelled(token.reason or "cancel")
             self._heartbeat(row, context)
+        self.sessions.flush_events()
         if "error" in outcome:
             raise outcome["error"]
         return outcome.get("result") or StepResult()

@@ -123,6 +123,9 @@ class StepContext:
     progress: Progress = field(default_factory=Progress)
     allowed_roots: tuple[Path, ...] = ()
     log: Callable[[str], None] = lambda message: None
+    # Remote sessions of the execution (connections.transfer.sessions.SessionPool), opened
+    # by the runner before a step that names a connection_id.
+    sessions: Any = None
 
 
 @dataclass
@@ -214,7 +217,7 @@ def validate_step(type_key: str, config: dict[str, Any], step_label: str) -> Non
         raise StepConfigurationError("; ".join(problems))
 
 
-BUILTIN_STEP_MODULES = ("jobs.steps.flow", "jobs.steps.files", "jobs.steps.archive")
+BUILTIN_STEP_MODULES = ("jobs.steps.flow", "jobs.steps.files", "jobs.steps.archive", "connections.steps")
 _loaded = False
 
 

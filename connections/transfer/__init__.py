@@ -1,0 +1,1 @@
+"""Remote sessions (SFTP, FTP, FTPS) with one interface for the transfer steps."""

@@ -1,0 +1,271 @@
+"""SFTP sessions over paramiko: host key policy, password/key auth, algorithm limits, pipelined transfers."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import socket
+import stat
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import paramiko
+
+from connections import hostkeys
+from connections.errors import (
+    AuthenticationFailed,
+    ConnectionFailed,
+    HostKeyRejected,
+    HostUnreachable,
+    RemoteFileError,
+)
+from connections.transfer.base import CHUNK, RemoteFile, SessionInfo, join
+
+# FIPS 140 approved choices (SPEC 5); a connection's fips_override lifts them.
+FIPS_ALGORITHMS = {
+    "kex": (
+        "ecdh-sha2-nistp256",
+        "ecdh-sha2-nistp384",
+        "diffie-hellman-group14-sha256",
+        "diffie-hellman-group16-sha512",
+    ),
+    "ciphers": ("aes128-ctr", "aes192-ctr", "aes256-ctr", "aes128-gcm@openssh.com", "aes256-gcm@openssh.com"),
+    "macs": ("hmac-sha2-256", "hmac-sha2-512", "hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com"),
+    "host_key_types": (
+        "rsa-sha2-256",
+        "rsa-sha2-512",
+        "ecdsa-sha2-nistp256",
+        "ecdsa-sha2-nistp384",
+        "ecdsa-sha2-nistp521",
+    ),
+}
+_OPTION_NAMES = {"kex": "kex", "ciphers": "ciphers", "macs": "digests", "host_key_types": "key_types"}
+
+
+def load_private_key(text: str, passphrase: str | None = None) -> paramiko.PKey:
+    """A paramiko key from OpenSSH or PEM text, whatever its type."""
+    last: Exception | None = None
+    for key_class in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
+        try:
+            return key_class.from_private_key(io.StringIO(text), password=passphrase)
+        except paramiko.PasswordRequiredException:
+            raise AuthenticationFailed("the SSH key needs a passphrase") from None
+        except (paramiko.SSHException, ValueError) as error:
+            last = error
+    raise AuthenticationFailed(f"the SSH key could not be read ({type(last).__name__})")
+
+
+def restrict_algorithms(transport: paramiko.Transport, wanted: dict[str, list[str]] | None, fips: bool) -> None:
+    """Limit kex, ciphers, MACs and host key types to the connection's list (and FIPS when enforced)."""
+    options = transport.get_security_options()
+    for key, attribute in _OPTION_NAMES.items():
+        available = list(getattr(options, attribute))
+        allowed = [name for name in available if not wanted or not wanted.get(key) or name in wanted[key]]
+        if fips:
+            allowed = [name for name in allowed if name in FIPS_ALGORITHMS[key]]
+        if not allowed:
+            raise ConnectionFailed(
+                f"no {key} algorithm left after the connection's restrictions{' and FIPS mode' if fips else ''}"
+            )
+        setattr(options, attribute, tuple(allowed))
+
+
+class SftpSession:
+    """One authenticated SFTP session; reconnects itself (same host key) when the transport drops."""
+
+    def __init__(self, connection: Any, *, password: str | None, private_key: str | None, fips: bool) -> None:
+        self.connection = connection
+        self.password = password
+        self.private_key = private_key
+        self.fips = fips and not connection.fips_override
+        self.transport: paramiko.Transport | None = None
+        self.sftp: paramiko.SFTPClient | None = None
+        self.info = SessionInfo()
+        self.trusted_fingerprint: str | None = None
+        self.events: list[tuple[str, dict[str, Any]]] = []  # audited later by the caller's thread
+        self.connect()
+
+    # ------------------------------------------------------------------ connection
+    def connect(self) -> None:
+        connection = self.connection
+        started = time.monotonic()
+        try:
+            sock = socket.create_connection((connection.host, connection.port), timeout=connection.connect_timeout_sec)
+        except (TimeoutError, ConnectionRefusedError, socket.gaierror, OSError) as error:
+            raise HostUnreachable(
+                f"cannot reach {connection.host}:{connection.port} "
+                f"({type(error).__name__}: {error.strerror or error}); "
+                "check host, port and firewall"
+            ) from None
+        transport = paramiko.Transport(sock)
+        try:
+            restrict_algorithms(transport, connection.ssh_algorithms, self.fips)
+            transport.start_client(timeout=connection.connect_timeout_sec)
+            key = transport.get_remote_server_key()
+            offered = hostkeys.fingerprint(key.asbytes())
+            if self.trusted_fingerprint is None:
+                hostkeys.verify(connection, key.get_name(), offered)  # raises HostKeyRejected
+                self.trusted_fingerprint = offered
+            elif offered != self.trusted_fingerprint:  # a reconnect must meet the same server
+                raise HostKeyRejected(f"host key changed during the session: offered {offered}")
+            self._authenticate(transport)
+            transport.set_keepalive(connection.keepalive_interval_sec)
+            sftp = paramiko.SFTPClient.from_transport(transport)
+            sftp.get_channel().settimeout(connection.operation_timeout_sec)
+        except (HostKeyRejected, AuthenticationFailed, ConnectionFailed):
+            transport.close()
+            raise
+        except paramiko.SSHException as error:
+            transport.close()
+            raise ConnectionFailed(f"SSH session with {connection.host}:{connection.port} failed: {error}") from None
+        except (EOFError, OSError) as error:
+            transport.close()
+            raise ConnectionFailed(f"{connection.host}:{connection.port} closed the connection ({error})") from None
+        self.transport, self.sftp = transport, sftp
+        options = transport.get_security_options()
+        self.info = SessionInfo(
+            latency_ms=round((time.monotonic() - started) * 1000, 1),
+            banner=transport.remote_version,
+            details={
+                "host_key_fingerprint": offered,
+                "host_key_type": key.get_name(),
+                "cipher": getattr(transport, "remote_cipher", ""),
+                "mac": getattr(transport, "remote_mac", ""),
+                "kex_offered": list(options.kex),
+            },
+        )
+
+    def _authenticate(self, transport: paramiko.Transport) -> None:
+        connection, username = self.connection, self.connection.username
+        method = connection.auth_method
+        try:
+            if method in ("ssh_key", "password_and_ssh_key"):
+                if not self.private_key:
+                    raise AuthenticationFailed("the connection has no usable SSH key")
+                remaining = transport.auth_publickey(username, load_private_key(self.private_key))
+                if method == "password_and_ssh_key" and remaining:
+                    transport.auth_password(username, self.password or "")
+            else:
+                transport.auth_password(username, self.password or "")
+        except paramiko.AuthenticationException:
+            raise AuthenticationFailed(
+                f"{connection.host} refused {method.replace('_', ' ')} authentication for user '{username}'"
+            ) from None
+        if not transport.is_authenticated():
+            raise AuthenticationFailed(f"{connection.host} wants more authentication for user '{username}'")
+
+    def reconnect(self) -> None:
+        self.close()
+        self.connect()
+        self.events.append(("reconnected", {"host": self.connection.host}))
+
+    def close(self) -> None:
+        for closable in (self.sftp, self.transport):
+            if closable is not None:
+                with contextlib.suppress(Exception):  # closing a dead session must not hide the real error
+                    closable.close()
+        self.sftp = self.transport = None
+
+    @property
+    def alive(self) -> bool:
+        return self.transport is not None and self.transport.is_active()
+
+    # ------------------------------------------------------------------ file operations
+    def _client(self) -> paramiko.SFTPClient:
+        if not self.alive or self.sftp is None:
+            self.reconnect()
+        return self.sftp
+
+    def listdir(self, path: str) -> list[RemoteFile]:
+        try:
+            entries = self._client().listdir_attr(path or ".")
+        except OSError as error:
+            raise RemoteFileError(f"cannot list {path}: {error}") from None
+        return [
+            RemoteFile(
+                entry.filename,
+                join(path, entry.filename),
+                entry.st_size or 0,
+                datetime.fromtimestamp(entry.st_mtime, UTC) if entry.st_mtime else None,
+                stat.S_ISDIR(entry.st_mode or 0),
+            )
+            for entry in entries
+        ]
+
+    def stat(self, path: str) -> RemoteFile | None:
+        try:
+            entry = self._client().stat(path)
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            raise RemoteFileError(f"cannot stat {path}: {error}") from None
+        return RemoteFile(
+            path.rsplit("/", 1)[-1],
+            path,
+            entry.st_size or 0,
+            datetime.fromtimestamp(entry.st_mtime, UTC) if entry.st_mtime else None,
+            stat.S_ISDIR(entry.st_mode or 0),
+        )
+
+    def download(self, remote: str, local_file: Any, offset: int, on_chunk: Callable[[int], None]) -> int:
+        received = 0
+        with self._client().open(remote, "rb") as handle:
+            size = handle.stat().st_size or 0
+            if offset:
+                handle.seek(offset)
+            # Pipelined reads: many requests in flight instead of one round trip per block.
+            handle.prefetch(size)
+            while True:
+                data = handle.read(CHUNK)
+                if not data:
+                    break
+                local_file.write(data)
+                received += len(data)
+                on_chunk(len(data))
+        return received
+
+    def upload(self, local_file: Any, remote: str, on_chunk: Callable[[int], None]) -> int:
+        sent = 0
+        with self._client().open(remote, "wb") as handle:
+            handle.set_pipelined(True)  # do not wait for each write's acknowledgement
+            while True:
+                data = local_file.read(CHUNK)
+                if not data:
+                    break
+                handle.write(data)
+                sent += len(data)
+                on_chunk(len(data))
+        return sent
+
+    def rename(self, source: str, target: str) -> None:
+        client = self._client()
+        try:
+            client.posix_rename(source, target)  # atomic replace on OpenSSH servers
+        except OSError:  # servers without posix-rename: remove the old file, then rename
+            with contextlib.suppress(FileNotFoundError):
+                client.remove(target)
+            client.rename(source, target)
+
+    def delete(self, path: str) -> None:
+        try:
+            self._client().remove(path)
+        except FileNotFoundError:
+            raise RemoteFileError(f"no remote file {path}") from None
+
+    def mkdir(self, path: str) -> None:
+        client = self._client()
+        built = ""
+        for part in [p for p in path.split("/") if p]:
+            built = f"{built}/{part}" if built or path.startswith("/") else part
+            try:
+                client.stat(built)
+            except FileNotFoundError:
+                client.mkdir(built)
+
+    def rmdir(self, path: str) -> None:
+        try:
+            self._client().rmdir(path)
+        except OSError as error:
+            raise RemoteFileError(f"cannot remove directory {path}: {error}") from None

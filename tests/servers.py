@@ -1,0 +1,189 @@
+"""Real partner servers for transfer tests: OpenSSH sshd on a high port and pyftpdlib with TLS."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+SFTP_USER = "courier-sftp-test"
+SFTP_PASSWORD = "sftp-Test-Password-42"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"nothing listens on port {port}")
+
+
+# The test account's home: outside pytest's private (0700) temporary folders, so that the
+# unprivileged account can reach it, and shared by every sshd a test starts.
+SFTP_HOME = Path("/var/tmp/courier-sftp-test-home")
+
+
+def ensure_sftp_user() -> Path:
+    """A local account for sshd's password and key login (tests run as root, as CI does)."""
+    try:
+        pwd.getpwnam(SFTP_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--no-create-home", "--home-dir", str(SFTP_HOME), "--shell", "/bin/sh", SFTP_USER], check=True
+        )
+    subprocess.run(["usermod", "--home", str(SFTP_HOME), SFTP_USER], check=True)
+    subprocess.run(["chpasswd"], input=f"{SFTP_USER}:{SFTP_PASSWORD}", text=True, check=True)
+    return SFTP_HOME
+
+
+@dataclass
+class SshServer:
+    port: int
+    home: Path
+    host_key: Path
+    process: subprocess.Popen
+    client_key_path: Path
+
+    @property
+    def client_private_key(self) -> str:
+        return self.client_key_path.read_text()
+
+
+def _keygen(path: Path, key_type: str = "ed25519") -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", key_type, "-N", "", "-f", str(path)], check=True)
+
+
+@contextmanager
+def ssh_server(root: Path, host_key_type: str = "ecdsa", host_key: Path | None = None) -> Iterator[SshServer]:
+    """sshd on a free port, with its own host key, password and public key login for SFTP_USER."""
+    root.mkdir(parents=True, exist_ok=True)
+    home = ensure_sftp_user()
+    (home / ".ssh").mkdir(parents=True, exist_ok=True)
+    if host_key is None:
+        host_key = root / f"host_{host_key_type}"
+        if not host_key.exists():
+            _keygen(host_key, host_key_type)
+    client_key = home.parent / "courier-sftp-test-client_ed25519"
+    if not client_key.exists():
+        _keygen(client_key)
+    shutil.copy(f"{client_key}.pub", home / ".ssh" / "authorized_keys")
+    account = pwd.getpwnam(SFTP_USER)
+    for path in (home, home / ".ssh", home / ".ssh" / "authorized_keys"):
+        os.chown(path, account.pw_uid, account.pw_gid)
+    os.chmod(home, 0o755)
+    os.chmod(home / ".ssh", 0o700)
+    os.chmod(home / ".ssh" / "authorized_keys", 0o600)
+    Path("/run/sshd").mkdir(exist_ok=True)
+    port = free_port()
+    config = root / "sshd_config"
+    config.write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\nPidFile {root / 'sshd.pid'}\n"
+        f"PasswordAuthentication yes\nPubkeyAuthentication yes\nKbdInteractiveAuthentication no\n"
+        f"UsePAM yes\nAllowUsers {SFTP_USER}\nSubsystem sftp internal-sftp\nLogLevel ERROR\n"
+    )
+    process = subprocess.Popen(
+        ["/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=(root / "sshd.log").open("w"),
+    )
+    try:
+        wait_port(port)
+        yield SshServer(port, home, host_key, process, client_key)
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@dataclass
+class FtpServer:
+    port: int
+    root: Path
+    user: str
+    password: str
+    certificate_der: bytes
+
+
+def self_signed_certificate(folder: Path) -> tuple[Path, bytes]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "courier-test-ftps")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    pem = folder / "ftps.pem"
+    pem.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        + certificate.public_bytes(serialization.Encoding.PEM)
+    )
+    return pem, certificate.public_bytes(serialization.Encoding.DER)
+
+
+@contextmanager
+def ftp_server(root: Path, tls: str | None = None) -> Iterator[FtpServer]:
+    """pyftpdlib on a free port: plain FTP, explicit TLS ("explicit") or implicit TLS ("implicit")."""
+    from pyftpdlib.authorizers import DummyAuthorizer
+    from pyftpdlib.handlers import FTPHandler, TLS_FTPHandler
+    from pyftpdlib.servers import ThreadedFTPServer
+
+    files = root / "files"
+    files.mkdir(parents=True, exist_ok=True)
+    authorizer = DummyAuthorizer()
+    authorizer.add_user("partner", "ftp-Test-Password-7", str(files), perm="elradfmwMT")
+    certificate_der = b""
+    if tls:
+        pem, certificate_der = self_signed_certificate(root)
+
+        class Handler(TLS_FTPHandler):
+            pass
+
+        Handler.certfile = str(pem)
+        Handler.tls_control_required = True
+        Handler.tls_data_required = True
+        if tls == "implicit":
+            Handler.implicit_tls = True  # pyftpdlib >= 2 speaks TLS from the first byte
+    else:
+
+        class Handler(FTPHandler):
+            pass
+
+    Handler.authorizer = authorizer
+    Handler.passive_ports = range(60000, 60200)
+    port = free_port()
+    server = ThreadedFTPServer(("127.0.0.1", port), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"timeout": 0.2}, daemon=True)
+    thread.start()
+    try:
+        wait_port(port)
+        yield FtpServer(port, files, "partner", "ftp-Test-Password-7", certificate_der)
+    finally:
+        server.close_all()

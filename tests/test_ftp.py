@@ -1,0 +1,137 @@
+"""FTP and FTPS against a real pyftpdlib server: transfers, TLS certificate policies."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from pathlib import Path
+
+import pytest
+
+from audit.models import AuditLogEntry
+from connections.errors import AuthenticationFailed, ConnectionFailed, HostKeyRejected
+from connections.models import Connection
+from connections.transfer.sessions import open_session
+from tests.engine_support import make_job, run_inline, step_rows
+from tests.servers import ftp_server
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def data_dir(settings, tmp_path):
+    settings.COURIER_DATA_DIR = tmp_path / "data"
+    settings.COURIER_ALLOWED_ROOTS = [settings.COURIER_DATA_DIR]
+    return settings.COURIER_DATA_DIR
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory: pytest.TempPathFactory):
+    with ftp_server(tmp_path_factory.mktemp("ftp")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def explicit(tmp_path_factory: pytest.TempPathFactory):
+    with ftp_server(tmp_path_factory.mktemp("ftps"), tls="explicit") as server:
+        yield server
+
+
+def ftp_connection(server, protocol: str = "ftp", password: str | None = None, **overrides) -> Connection:
+    fields = {
+        "name": f"ftp-{uuid.uuid4().hex[:6]}",
+        "protocol": protocol,
+        "host": "127.0.0.1",
+        "port": server.port,
+        "auth_method": "password",
+        "username": server.user,
+        **overrides,
+    }
+    connection = Connection(**fields)
+    connection.set_password(password or server.password)
+    connection.save()
+    return connection
+
+
+def pinned(server) -> str:
+    return hashlib.sha256(server.certificate_der).hexdigest()
+
+
+def transfer_job(connection: Connection, protocol: str) -> object:
+    folder = f"drop-{uuid.uuid4().hex[:6]}"
+    return make_job(
+        [
+            ("test.write", {"name": "orders.csv", "text": "po,qty\n" + "PO-1,5\n" * 500}),
+            (
+                f"{protocol}.upload",
+                {"connection_id": str(connection.pk), "local_path": "context:0.path", "remote_path": f"{folder}/"},
+            ),
+            (f"{protocol}.list", {"connection_id": str(connection.pk), "remote_path": folder}),
+            (
+                f"{protocol}.download",
+                {"connection_id": str(connection.pk), "remote_path": folder, "local_path": "back/"},
+            ),
+            (f"{protocol}.delete", {"connection_id": str(connection.pk), "remote_path": f"{folder}/orders.csv"}),
+        ]
+    ), folder
+
+
+def test_plain_ftp_upload_list_download_delete(plain) -> None:
+    connection = ftp_connection(plain)
+    job, folder = transfer_job(connection, "ftp")
+    execution = run_inline(job)
+
+    assert execution.state == "completed", execution.error_message
+    values = execution.context_snapshot["values"]
+    assert values["2.file_count"] == 1
+    assert Path(values["3.downloaded_files"][0]).name == "orders.csv"
+    assert step_rows(execution)[3].bytes_processed == len("po,qty\n" + "PO-1,5\n" * 500)
+    assert list((plain.root / folder).iterdir()) == []
+
+
+def test_ftps_explicit_with_a_pinned_certificate(explicit) -> None:
+    connection = ftp_connection(
+        explicit, "ftps", tls_cert_policy="pinned_thumbprint", tls_pinned_thumbprint=pinned(explicit)
+    )
+    job, _ = transfer_job(connection, "ftps")
+    execution = run_inline(job)
+    assert execution.state == "completed", execution.error_message
+
+
+def test_ftps_reports_certificate_details(explicit) -> None:
+    connection = ftp_connection(
+        explicit, "ftps", tls_cert_policy="pinned_thumbprint", tls_pinned_thumbprint=pinned(explicit)
+    )
+    session = open_session(connection)
+    try:
+        details = session.info.details
+    finally:
+        session.close()
+    assert details["thumbprint_sha256"] == pinned(explicit)
+    assert "courier-test-ftps" in details["subject"]
+    assert details["tls_version"] in ("TLSv1.2", "TLSv1.3")
+
+
+def test_wrong_pinned_thumbprint_is_refused(explicit) -> None:
+    connection = ftp_connection(explicit, "ftps", tls_cert_policy="pinned_thumbprint", tls_pinned_thumbprint="ab" * 32)
+    with pytest.raises(HostKeyRejected, match=r"\[E3002\].*does not match the pinned thumbprint"):
+        open_session(connection)
+
+
+def test_system_trust_refuses_a_self_signed_certificate(explicit) -> None:
+    connection = ftp_connection(explicit, "ftps")
+    with pytest.raises(ConnectionFailed, match=r"\[E3000\].*CERTIFICATE_VERIFY_FAILED"):
+        open_session(connection)
+
+
+def test_insecure_tls_works_and_is_audited(explicit) -> None:
+    connection = ftp_connection(explicit, "ftps", tls_cert_policy="insecure")
+    job, _ = transfer_job(connection, "ftps")
+    execution = run_inline(job)
+    assert execution.state == "completed", execution.error_message
+    assert AuditLogEntry.objects.filter(entity_id=connection.pk, operation="insecure_tls_used").exists()
+
+
+def test_wrong_ftp_password_is_e3001(plain) -> None:
+    with pytest.raises(AuthenticationFailed, match=r"\[E3001\]"):
+        open_session(ftp_connection(plain, password="not-the-password"))

@@ -1,0 +1,232 @@
+"""SFTP against a real OpenSSH sshd: authentication, host key policies, transfers, resume, audit."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from pathlib import Path
+
+import pytest
+
+from audit.models import AuditLogEntry
+from connections import hostkeys
+from connections.errors import AuthenticationFailed, HostKeyRejected, HostUnreachable
+from connections.models import Connection, KnownHost
+from connections.transfer.sessions import open_session
+from keystore.models import SshKey
+from tests.engine_support import make_job, run_inline, step_rows
+from tests.servers import SFTP_PASSWORD, SFTP_USER, free_port, ssh_server
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory: pytest.TempPathFactory):
+    with ssh_server(tmp_path_factory.mktemp("sshd")) as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def data_dir(settings, tmp_path):
+    settings.COURIER_DATA_DIR = tmp_path / "data"
+    settings.COURIER_ALLOWED_ROOTS = [settings.COURIER_DATA_DIR]
+    return settings.COURIER_DATA_DIR
+
+
+def sftp_connection(server, password: str = SFTP_PASSWORD, **overrides) -> Connection:
+    fields = {
+        "name": f"partner-{uuid.uuid4().hex[:6]}",
+        "protocol": "sftp",
+        "host": "127.0.0.1",
+        "port": server.port,
+        "auth_method": "password",
+        "username": SFTP_USER,
+        **overrides,
+    }
+    connection = Connection(**fields)
+    connection.set_password(password)
+    connection.save()
+    return connection
+
+
+def test_password_login_trusts_the_first_host_key_and_reports_it(sshd) -> None:
+    connection = sftp_connection(sshd)
+    session = open_session(connection, by="alice")
+    try:
+        assert session.info.details["host_key_fingerprint"].startswith("SHA256:")
+        assert "OpenSSH" in session.info.banner
+        assert session.listdir(".") is not None
+    finally:
+        session.close()
+    row = KnownHost.objects.get(connection=connection)
+    assert (row.approved_by, row.fingerprint) == ("system", session.info.details["host_key_fingerprint"])
+    connection.refresh_from_db()
+    assert connection.stored_host_fingerprint == row.fingerprint
+    operations = set(AuditLogEntry.objects.filter(entity_id=connection.pk).values_list("operation", flat=True))
+    assert {"host_key_trusted_on_first_use", "connected"} <= operations
+
+
+def test_key_login_uses_the_key_from_the_key_store(sshd) -> None:
+    key = SshKey(
+        name="partner key",
+        key_type="ed25519",
+        public_key_data="ssh-ed25519 test",
+        fingerprint=f"SHA256:{uuid.uuid4().hex}",
+        created_by="alice",
+    )
+    key.set_private_key(sshd.client_private_key)
+    key.save()
+    connection = sftp_connection(sshd, auth_method="ssh_key", ssh_key=key)
+    open_session(connection).close()
+
+
+def test_wrong_password_is_e3001_audited_and_not_leaked(sshd, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    connection = sftp_connection(sshd, password="Wrong-Password-Zebra")
+    with pytest.raises(AuthenticationFailed, match=r"\[E3001\].*refused password authentication") as failure:
+        open_session(connection)
+    assert "Wrong-Password-Zebra" not in str(failure.value)
+    assert "Wrong-Password-Zebra" not in caplog.text
+    assert AuditLogEntry.objects.filter(entity_id=connection.pk, operation="auth_failed").exists()
+
+
+def test_unreachable_host_is_e3003() -> None:
+    connection = Connection(
+        name="nobody",
+        protocol="sftp",
+        host="127.0.0.1",
+        port=free_port(),
+        auth_method="password",
+        username="x",
+        connect_timeout_sec=2,
+    )
+    connection.set_password("x")
+    connection.save()
+    with pytest.raises(HostUnreachable, match=r"\[E3003\] cannot reach 127.0.0.1"):
+        open_session(connection)
+
+
+def test_changed_host_key_is_refused_until_an_admin_approves_it(sshd, tmp_path: Path) -> None:
+    connection = sftp_connection(sshd)
+    open_session(connection).close()  # trusted on first use
+    with ssh_server(tmp_path / "swapped", host_key_type="rsa") as impostor:
+        connection.port = impostor.port
+        connection.save()
+        with pytest.raises(HostKeyRejected, match=r"\[E3002\] host key of .* changed"):
+            open_session(connection)
+        pending = connection.pending_host_keys.get()
+        assert AuditLogEntry.objects.filter(entity_id=connection.pk, operation="host_key_rejected").exists()
+
+        hostkeys.approve(pending, by="admin")
+        open_session(connection).close()
+    assert not connection.pending_host_keys.exists()
+    assert KnownHost.objects.filter(connection=connection).count() == 1
+
+
+def test_manual_policy_accepts_only_approved_keys(sshd) -> None:
+    connection = sftp_connection(sshd, host_key_policy="manual")
+    with pytest.raises(HostKeyRejected, match="is not approved"):
+        open_session(connection)
+    hostkeys.approve(connection.pending_host_keys.get(), by="admin")
+    open_session(connection).close()
+
+
+def test_always_trust_is_audited_on_every_use(sshd) -> None:
+    connection = sftp_connection(sshd, host_key_policy="always_trust")
+    open_session(connection).close()
+    open_session(connection).close()
+    assert AuditLogEntry.objects.filter(entity_id=connection.pk, operation="insecure_host_key_trust_used").count() == 2
+
+
+def test_upload_and_download_steps_round_trip_atomically(sshd, data_dir: Path) -> None:
+    connection = sftp_connection(sshd)
+    remote_dir = f"inbox-{uuid.uuid4().hex[:6]}"
+    job = make_job(
+        [
+            ("test.write", {"name": "invoice.csv", "text": "id,amount\n1,10\n" * 1000}),
+            (
+                "sftp.upload",
+                {"connection_id": str(connection.pk), "local_path": "context:0.path", "remote_path": f"{remote_dir}/"},
+            ),
+            ("sftp.list", {"connection_id": str(connection.pk), "remote_path": remote_dir, "file_pattern": "*.csv"}),
+            (
+                "sftp.download",
+                {
+                    "connection_id": str(connection.pk),
+                    "remote_path": remote_dir,
+                    "file_pattern": "*.csv",
+                    "local_path": "fetched/",
+                    "delete_after_download": True,
+                },
+            ),
+        ]
+    )
+    execution = run_inline(job)
+
+    assert execution.state == "completed", execution.error_message
+    values = execution.context_snapshot["values"]
+    assert values["2.file_count"] == 1 and values["2.file_list"][0]["name"] == "invoice.csv"
+    fetched = Path(values["3.downloaded_files"][0])
+    assert fetched.name == "invoice.csv" and fetched.parent.name == "fetched"
+    remote = sshd.home / remote_dir
+    assert list(remote.iterdir()) == []  # deleted after download, and no .courier-tmp left behind
+    assert step_rows(execution)[1].bytes_processed == 15000
+
+
+def test_download_resumes_from_a_partial_file(sshd) -> None:
+    from connections.steps import _Download
+    from jobs.steps.base import CancelToken
+    from tests.step_support import make_context
+
+    connection = sftp_connection(sshd)
+    remote_dir = sshd.home / f"resume-{uuid.uuid4().hex[:6]}"
+    remote_dir.mkdir()
+    payload = bytes(range(256)) * 4096  # 1 MiB
+    (remote_dir / "big.bin").write_bytes(payload)
+    import os
+    import pwd
+
+    account = pwd.getpwnam(SFTP_USER)
+    os.chown(remote_dir, account.pw_uid, account.pw_gid)
+    session = open_session(connection)
+    context = make_context(Path(str(pytest.importorskip("tempfile").mkdtemp())))
+    try:
+        partial = context.work_dir / "downloads" / "big.bin.courier-part"
+        partial.parent.mkdir(parents=True)
+        partial.write_bytes(payload[:300_000])  # a previous try stopped here
+
+        class Pool:
+            def get(self, _id):
+                return session
+
+        context.sessions = Pool()
+        step = _Download()
+        step.protocol = "sftp"
+        config = step.with_defaults({"connection_id": str(connection.pk), "remote_path": remote_dir.name})
+        result = step.execute(config, context, CancelToken())
+    finally:
+        session.close()
+    assert (context.work_dir / "downloads" / "big.bin").read_bytes() == payload
+    assert result.bytes_processed == len(payload)
+    assert context.progress.bytes_done == len(payload) - 300_000  # only the missing part travelled
+
+
+def test_fips_mode_refuses_an_ed25519_host_key_unless_overridden(tmp_path: Path) -> None:
+    from connections.errors import ConnectionFailed
+
+    with ssh_server(tmp_path / "ed", host_key_type="ed25519") as server:
+        connection = sftp_connection(server)
+        with pytest.raises(ConnectionFailed, match=r"\[E3000\].*no acceptable host key"):
+            open_session(connection)
+        connection.fips_override = True
+        connection.save()
+        open_session(connection).close()
+
+
+def test_ssh_algorithms_restrict_the_ciphers(sshd) -> None:
+    connection = sftp_connection(sshd, ssh_algorithms={"ciphers": ["aes256-ctr"]})
+    session = open_session(connection)
+    try:
+        assert session.info.details["cipher"] == "aes256-ctr"
+    finally:
+        session.close()
