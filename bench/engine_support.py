@@ -27,6 +27,7 @@ def database_url() -> str:
 @contextmanager
 def worker(concurrency: int, broker_url: str) -> Iterator[subprocess.Popen]:
     """A `celery worker` process with the bench step types; waits until it reports its heartbeat."""
+    from django.conf import settings
     from django.db import connection
 
     data_dir = tempfile.mkdtemp(prefix="courier-bench-")
@@ -48,7 +49,7 @@ def worker(concurrency: int, broker_url: str) -> Iterator[subprocess.Popen]:
             "courier_site",
             "worker",
             "--queues",
-            "courier",
+            settings.COURIER_QUEUE,
             "--loglevel",
             "WARNING",
             "--concurrency",
@@ -87,6 +88,7 @@ def worker(concurrency: int, broker_url: str) -> Iterator[subprocess.Popen]:
 def point_celery_at(broker_url: str) -> None:
     from courier_site.celery import app
 
+    os.environ["CELERY_BROKER_URL"] = broker_url  # Celery reads it before its own configuration
     app.conf.broker_url = broker_url
     app._pool = None
     app.amqp._producer_pool = None

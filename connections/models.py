@@ -86,6 +86,7 @@ class Connection(SoftDeleteModel):
         managed = False
         db_table = "connections"
         ordering = ("name",)
+        permissions = [("test_connection", "Can test connections")]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.protocol}://{self.host}:{self.port})"

@@ -19,7 +19,7 @@ OPERATOR_MANAGED = {
     "tags": {"tag", "entitytag"},
 }
 # Action permissions an Operator holds besides editing: running jobs and controlling executions.
-OPERATOR_EXTRA = {("jobs", "run_job"), ("jobs", "control_jobexecution")}
+OPERATOR_EXTRA = {("jobs", "run_job"), ("jobs", "control_jobexecution"), ("connections", "test_connection")}
 ADMIN_EXTRA_APPS = ("auth",)
 
 

@@ -156,7 +156,10 @@ CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=660)
 # it must exceed the longest task, otherwise a long task would run twice.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=43200)}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_TASK_DEFAULT_QUEUE = "courier"
+# Every Courier task goes to this queue; separate installations sharing one Redis give
+# each their own name.
+COURIER_QUEUE = env.str("COURIER_QUEUE", default="courier")
+CELERY_TASK_DEFAULT_QUEUE = COURIER_QUEUE
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULER = "courier_site.beat:HeartbeatScheduler"
 CELERY_BEAT_SCHEDULE_FILENAME = str(

@@ -12,7 +12,7 @@ from system.values import setting_int
 logger = logging.getLogger(__name__)
 
 
-@shared_task(name="courier_site.tasks.create_monthly_partitions", queue="courier", acks_late=True, max_retries=3)
+@shared_task(name="courier_site.tasks.create_monthly_partitions", acks_late=True, max_retries=3)
 def create_monthly_partitions() -> list[str]:
     """Keep partitions of every history table ready for this month and the next ones."""
     months_ahead = setting_int("partition.months_ahead", partitions.MINIMUM_MONTHS_AHEAD)

@@ -17,7 +17,6 @@ logger = logging.getLogger(__name__)
 # worker died; the claim makes the redelivery a no-op once the execution has started.
 @shared_task(
     name="jobs.run_execution",
-    queue="courier",
     acks_late=True,
     time_limit=None,
     soft_time_limit=None,
@@ -35,13 +34,13 @@ def run_execution(self, execution_id: str) -> str:
         control.dispatch_soon()
 
 
-@shared_task(name="jobs.dispatch_sweep", queue="courier", acks_late=True, ignore_result=True, expires=10)
+@shared_task(name="jobs.dispatch_sweep", acks_late=True, ignore_result=True, expires=10)
 def dispatch_sweep() -> int:
     """Periodic safety net: dispatch queued executions whose message never arrived."""
     return len(dispatch.dispatch())
 
 
-@shared_task(name="jobs.recover_lost_executions", queue="courier", acks_late=True, ignore_result=True, expires=60)
+@shared_task(name="jobs.recover_lost_executions", acks_late=True, ignore_result=True, expires=60)
 def recover_lost_executions() -> int:
     recovered = recovery.recover_lost_executions()
     if recovered:
@@ -49,7 +48,7 @@ def recover_lost_executions() -> int:
     return len(recovered)
 
 
-@shared_task(name="jobs.cleanup_work_dirs", queue="courier", acks_late=True, ignore_result=True)
+@shared_task(name="jobs.cleanup_work_dirs", acks_late=True, ignore_result=True)
 def cleanup_work_dirs() -> int:
     removed = recovery.cleanup_orphan_work_dirs()
     logger.info("removed %d orphaned work directories", len(removed))

@@ -138,6 +138,7 @@ class CeleryCluster:
                 "COURIER_HEARTBEAT_INTERVAL": "1",
                 "COURIER_HEARTBEAT_TIMEOUT": "3",
                 "COURIER_STEP_MODULES": "tests.engine_support",
+                "COURIER_QUEUE": os.environ["COURIER_QUEUE"],
                 "DJANGO_SETTINGS_MODULE": "courier_site.settings",
                 "PYTHONPATH": str(ROOT),
             }
@@ -157,7 +158,7 @@ class CeleryCluster:
             "--loglevel",
             "INFO",
             "--queues",
-            "courier",
+            os.environ["COURIER_QUEUE"],
             "--concurrency",
             str(concurrency),
             "--hostname",

@@ -13,6 +13,27 @@ from psycopg import sql
 from courier_site.db import conninfo_for
 
 
+def _private_broker() -> str:
+    base = os.environ.get("CELERY_BROKER_URL") or os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    head, _, tail = base.rpartition("/")
+    return f"{head}/13" if tail.isdigit() else f"{base.rstrip('/')}/13"
+
+
+# Everything the tests publish goes to a Redis database of their own, never to the queue
+# of a Courier running on the same server. Celery reads this variable at every use.
+os.environ["CELERY_BROKER_URL"] = _private_broker()
+# A queue of this test session's own: workers left over from an interrupted run cannot
+# take its tasks.
+os.environ["COURIER_QUEUE"] = f"courier-test-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _session_queue() -> None:
+    from django.conf import settings
+
+    settings.COURIER_QUEUE = os.environ["COURIER_QUEUE"]
+
+
 @pytest.fixture(scope="session")
 def django_db_modify_db_settings() -> None:
     """Keep the default settings; pytest-django creates test_<name> and runs our migrate on it."""
@@ -37,4 +58,4 @@ def scratch_database(django_db_blocker) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def redis_url() -> str:
-    return os.environ.get("CELERY_BROKER_URL") or os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    return os.environ["CELERY_BROKER_URL"]

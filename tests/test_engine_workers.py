@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.celery_support import ROOT, CeleryCluster, LiveDatabase, live_database, private_broker_url, wait_for
+from tests.celery_support import ROOT, CeleryCluster, LiveDatabase, live_database, wait_for
 
 pytestmark = pytest.mark.celery
 
@@ -28,16 +28,14 @@ def live(django_db_setup: Any, django_db_blocker: Any) -> Iterator[LiveDatabase]
 
 @pytest.fixture
 def cluster(
-    live: LiveDatabase, django_db_blocker: Any, redis_url: str, tmp_path: Path, settings: Any
+    live: LiveDatabase,
+    django_db_blocker: Any,
+    redis_url: str,
+    tmp_path: Path,
+    settings: Any,
 ) -> Iterator[CeleryCluster]:
-    from courier_site.celery import app
-
-    broker = private_broker_url(redis_url)
+    broker = redis_url  # the tests' private Redis database (tests/conftest.py)
     redis.Redis.from_url(broker).flushdb()
-    # Fresh broker connections for this process, to the private Redis database.
-    app.conf.broker_url = broker
-    app._pool = None
-    app.amqp._producer_pool = None
     settings.COURIER_DATA_DIR = tmp_path / "data"
     settings.COURIER_ALLOWED_ROOTS = [settings.COURIER_DATA_DIR]
     live.execute("UPDATE system_settings SET value = '5' WHERE key = 'job.concurrency_limit'")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -27,7 +28,7 @@ def live(django_db_setup: Any, django_db_blocker: Any) -> Iterator[LiveDatabase]
 
 @pytest.fixture
 def cluster(live: LiveDatabase, redis_url: str, tmp_path: Path) -> Iterator[CeleryCluster]:
-    broker = private_broker_url(redis_url, 12)
+    broker = private_broker_url(redis_url, 12)  # apart from the engine tests' database
     redis.Redis.from_url(broker).flushdb()
     group = CeleryCluster(live, broker, tmp_path / "data", tmp_path)
     try:
@@ -53,7 +54,7 @@ def test_worker_refuses_to_start_on_a_schema_that_is_behind(cluster: CeleryClust
     checksum = cluster.database.scalar("SELECT checksum FROM schema_versions WHERE script_name = %s", (newest,))
     cluster.database.execute("DELETE FROM schema_versions WHERE script_name = %s", (newest,))
     try:
-        result = run_process(cluster, "worker", "--queues", "courier", "--hostname", "behind@%h")
+        result = run_process(cluster, "worker", "--queues", os.environ["COURIER_QUEUE"], "--hostname", "behind@%h")
     finally:
         cluster.database.execute(
             "INSERT INTO schema_versions (script_name, checksum) VALUES (%s, %s)", (newest, checksum)

@@ -230,3 +230,43 @@ def test_ssh_algorithms_restrict_the_ciphers(sshd) -> None:
         assert session.info.details["cipher"] == "aes256-ctr"
     finally:
         session.close()
+
+
+def test_test_connection_command_reports_fingerprint_and_latency(sshd, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from django.core.management import call_command
+
+    connection = sftp_connection(sshd)
+    call_command("test_connection", connection.name, "--json")
+    result = json.loads(capsys.readouterr().out)
+    assert result["ok"] is True
+    assert result["host_key_fingerprint"].startswith("SHA256:") and result["latency_ms"] > 0
+    assert AuditLogEntry.objects.filter(entity_id=connection.pk, operation="tested").exists()
+
+
+def test_admin_approves_a_changed_key_in_the_console(sshd, tmp_path: Path, client, django_user_model) -> None:
+    from django.contrib.auth.models import Group
+    from django.urls import reverse
+
+    connection = sftp_connection(sshd)
+    open_session(connection).close()
+    with ssh_server(tmp_path / "new-key", host_key_type="rsa") as replaced:
+        connection.port = replaced.port
+        connection.save()
+        with pytest.raises(HostKeyRejected):
+            open_session(connection)
+        pending = connection.pending_host_keys.get()
+        operator = django_user_model.objects.create_user(username="op", password="x" * 16, is_staff=True)
+        operator.groups.add(Group.objects.get(name="Operator"))
+        admin_user = django_user_model.objects.create_user(username="adm", password="x" * 16, is_staff=True)
+        admin_user.groups.add(Group.objects.get(name="Admin"))
+        url = reverse("admin:connections_knownhost_changelist")
+        client.force_login(operator)
+        client.post(url, {"action": "approve_keys", "_selected_action": [pending.pk]})
+        assert connection.pending_host_keys.exists()  # operators cannot approve
+
+        client.force_login(admin_user)
+        client.post(url, {"action": "approve_keys", "_selected_action": [pending.pk]})
+        assert not connection.pending_host_keys.exists()
+        open_session(connection).close()

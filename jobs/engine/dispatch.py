@@ -6,6 +6,7 @@ import logging
 from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -61,5 +62,5 @@ def dispatch() -> list[str]:
                 [claimed],
             )
     for execution_id in claimed:
-        run_execution.apply_async(args=[execution_id], queue="courier")
+        run_execution.apply_async(args=[execution_id], queue=settings.COURIER_QUEUE)
     return claimed
