@@ -158,9 +158,9 @@ class ConnectionForm(forms.ModelForm):
                 )
             elif not admin and setting_bool("security.insecure_trust_require_admin", True):
                 self._refuse(field, "only an Admin may choose an insecure trust policy")
-        if data.get("fips_override") and not (initial is not None and initial.fips_override):
-            if not admin and setting_bool("security.fips_override_require_admin", True):
-                self._refuse("fips_override", "only an Admin may lift FIPS restrictions on a connection")
+        newly_lifted = data.get("fips_override") and not (initial is not None and initial.fips_override)
+        if newly_lifted and not admin and setting_bool("security.fips_override_require_admin", True):
+            self._refuse("fips_override", "only an Admin may lift FIPS restrictions on a connection")
 
     def save(self, commit: bool = True) -> Connection:
         connection = super().save(commit=False)
