@@ -143,6 +143,7 @@ class _Upload(_RemoteStep):
                 )
             if written != target:
                 session.rename(written, target)
+            session.events.append(("file_uploaded", {"file": target, "bytes": sent}))
             return sent
 
         return with_retries(session, self.retries(session), cancel, send)
@@ -205,6 +206,7 @@ class _Download(_RemoteStep):
             if size != entry.size:
                 raise RemoteFileError(f"download of {entry.name} incomplete: {size} of {entry.size} bytes")
             os.replace(partial, target)
+            session.events.append(("file_downloaded", {"file": entry.path, "bytes": size, "resumed_from": offset}))
             return size
 
         return with_retries(session, retries, cancel, fetch)

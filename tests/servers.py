@@ -187,3 +187,59 @@ def ftp_server(root: Path, tls: str | None = None) -> Iterator[FtpServer]:
         yield FtpServer(port, files, "partner", "ftp-Test-Password-7", certificate_der)
     finally:
         server.close_all()
+
+
+class DroppingProxy:
+    """A TCP proxy that cuts its first connection after `drop_after` bytes from the server, like a
+    partner firewall resetting a long transfer; later connections pass untouched."""
+
+    def __init__(self, target_port: int, drop_after: int) -> None:
+        self.target_port = target_port
+        self.drop_after = drop_after
+        self.connections = 0
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(8)
+        self.port = self.listener.getsockname()[1]
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            limit = self.drop_after if self.connections == 1 else None
+            threading.Thread(target=self._pipe, args=(client, upstream, None), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, limit), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, target: socket.socket, limit: int | None) -> None:
+        sent = 0
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                target.sendall(data)
+                sent += len(data)
+                if limit is not None:
+                    if sent >= limit:
+                        break
+                    time.sleep(0.002)  # a slow link: the client reads along before the cut
+        except OSError:
+            pass
+        finally:
+            for end in (source, target):
+                try:
+                    end.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                end.close()
+
+    def close(self) -> None:
+        self.closed = True
+        self.listener.close()

@@ -270,3 +270,41 @@ def test_admin_approves_a_changed_key_in_the_console(sshd, tmp_path: Path, clien
         client.post(url, {"action": "approve_keys", "_selected_action": [pending.pk]})
         assert not connection.pending_host_keys.exists()
         open_session(connection).close()
+
+
+def test_a_dropped_session_reconnects_and_the_download_resumes(sshd) -> None:
+    import os
+    import pwd
+
+    from tests.servers import DroppingProxy
+
+    remote_dir = sshd.home / f"drop-{uuid.uuid4().hex[:6]}"
+    remote_dir.mkdir()
+    payload = os.urandom(4 * 1024 * 1024)
+    (remote_dir / "statement.bin").write_bytes(payload)
+    account = pwd.getpwnam(SFTP_USER)
+    os.chown(remote_dir, account.pw_uid, account.pw_gid)
+    os.chown(remote_dir / "statement.bin", account.pw_uid, account.pw_gid)
+    proxy = DroppingProxy(sshd.port, drop_after=3_000_000)
+    try:
+        connection = sftp_connection(sshd, port=proxy.port, transport_retries=2)
+        job = make_job(
+            [
+                (
+                    "sftp.download",
+                    {"connection_id": str(connection.pk), "remote_path": remote_dir.name, "local_path": "in/"},
+                ),
+                ("file.copy", {"source_path": "context:0.downloaded_files", "destination_path": "kept/"}),
+            ]
+        )
+        execution = run_inline(job)
+    finally:
+        proxy.close()
+
+    assert execution.state == "completed", execution.error_message
+    assert proxy.connections == 2  # dropped once, reconnected once
+    events = AuditLogEntry.objects.filter(entity_id=connection.pk)
+    assert events.filter(operation="reconnected").exists()
+    downloaded = events.get(operation="file_downloaded")
+    assert downloaded.details["bytes"] == len(payload), downloaded.details
+    assert downloaded.details["resumed_from"] > 0, [(e.operation, e.details) for e in events]
