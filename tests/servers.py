@@ -241,3 +241,37 @@ class DroppingProxy:
     def close(self) -> None:
         self.closed = True
         self.listener.close()
+
+
+def serve_ftp_in_subprocess(root: Path, tls: str | None) -> tuple[subprocess.Popen, FtpServer]:
+    """pyftpdlib in a process of its own (benchmarks: the server must not share the client's GIL)."""
+    import json
+    import sys
+
+    info_path = root / "server.json"
+    code = (
+        "import json, sys, time\n"
+        "from pathlib import Path\n"
+        "from tests.servers import ftp_server\n"
+        f"with ftp_server(Path({str(root)!r}), tls={tls!r}) as server:\n"
+        f"    Path({str(info_path)!r}).write_text(json.dumps({{'port': server.port, 'root': str(server.root),"
+        " 'user': server.user, 'password': server.password, 'der': server.certificate_der.hex()}))\n"
+        "    while True: time.sleep(1)\n"
+    )
+    root.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parent.parent,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while not info_path.exists():
+        if time.monotonic() > deadline or process.poll() is not None:
+            process.kill()
+            raise AssertionError("the FTP server process did not start")
+        time.sleep(0.05)
+    info = json.loads(info_path.read_text())
+    return process, FtpServer(
+        info["port"], Path(info["root"]), info["user"], info["password"], bytes.fromhex(info["der"])
+    )

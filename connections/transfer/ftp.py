@@ -220,13 +220,16 @@ class FtpSession:
         client.voidcmd("TYPE I")
         received = 0
         with client.transfercmd(f"RETR {remote}", rest=offset or None) as data:
-            while True:
-                block = data.recv(CHUNK)
-                if not block:
-                    break
-                local_file.write(block)
-                received += len(block)
-                on_chunk(len(block))
+            # A buffered reader gathers the 16 KiB TLS records into 1 MiB blocks in C, instead
+            # of one Python round per record.
+            with data.makefile("rb", buffering=CHUNK) as stream:
+                while True:
+                    block = stream.read(CHUNK)
+                    if not block:
+                        break
+                    local_file.write(block)
+                    received += len(block)
+                    on_chunk(len(block))
             if isinstance(data, ssl.SSLSocket):
                 data.unwrap()
         client.voidresp()

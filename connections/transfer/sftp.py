@@ -42,6 +42,10 @@ FIPS_ALGORITHMS = {
     ),
 }
 _OPTION_NAMES = {"kex": "kex", "ciphers": "ciphers", "macs": "digests", "host_key_types": "key_types"}
+# paramiko asks for 32 KiB per SFTP request. OpenSSH's sftp-server serves up to 256 KiB,
+# and 64 KiB requests roughly halve paramiko's per-packet Python overhead (bench/
+# bench_transfers.py). Other servers keep the conservative size: some refuse larger writes.
+OPENSSH_REQUEST_SIZE = 64 * 1024
 
 
 def load_private_key(text: str, passphrase: str | None = None) -> paramiko.PKey:
@@ -212,6 +216,7 @@ class SftpSession:
     def download(self, remote: str, local_file: Any, offset: int, on_chunk: Callable[[int], None]) -> int:
         received = 0
         with self._client().open(remote, "rb") as handle:
+            self._tune(handle)
             size = handle.stat().st_size or 0
             if offset:
                 handle.seek(offset)
@@ -229,6 +234,7 @@ class SftpSession:
     def upload(self, local_file: Any, remote: str, on_chunk: Callable[[int], None]) -> int:
         sent = 0
         with self._client().open(remote, "wb") as handle:
+            self._tune(handle)
             handle.set_pipelined(True)  # do not wait for each write's acknowledgement
             while True:
                 data = local_file.read(CHUNK)
@@ -238,6 +244,10 @@ class SftpSession:
                 sent += len(data)
                 on_chunk(len(data))
         return sent
+
+    def _tune(self, handle: paramiko.SFTPFile) -> None:
+        if "OpenSSH" in (self.info.banner or ""):
+            handle.MAX_REQUEST_SIZE = OPENSSH_REQUEST_SIZE  # instance attribute: this handle only
 
     def rename(self, source: str, target: str) -> None:
         client = self._client()
