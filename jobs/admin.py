@@ -35,6 +35,7 @@ from jobs.models import (
     StepExecution,
 )
 from jobs.redaction import redact
+from jobs.secrets import seal_config
 
 
 class JobStepInline(TabularInline):
@@ -233,7 +234,7 @@ class JobStepAdmin(ModelAdmin):
             for problem in problems:
                 key = next((name for name in config_form.base_fields if f"'{name}'" in problem), None)
                 form.add_error(f"config__{key}" if key else None, f"[E2002] {problem}")
-            form.instance.configuration = configuration
+            form.instance.configuration = seal_config(type_key, configuration)
             return cleaned
 
         attrs["clean"] = clean

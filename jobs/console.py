@@ -15,6 +15,7 @@ from courier_site.errors import CourierError
 from jobs.definitions import check_references
 from jobs.engine.flow import parse
 from jobs.policy import POLICY_TYPES, FailurePolicy
+from jobs.secrets import seal_config
 from jobs.steps.base import ConfigField, get_step_type, registered_types
 
 ALIAS = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -115,6 +116,7 @@ class JobStepForm(forms.ModelForm):
                 raise ValidationError({"type_key": str(error)}) from error
             if problems:
                 raise ValidationError({"configuration": [f"[E2002] {problem}" for problem in problems]})
+            cleaned["configuration"] = seal_config(type_key, configuration)
         return cleaned
 
 

@@ -11,6 +11,7 @@ from audit.models import AuditLogEntry
 from courier_site.errors import CourierError
 from jobs.definitions import check_definition, record_version
 from jobs.redaction import is_secret_key
+from jobs.secrets import seal_config
 
 FORMAT = "courier-definitions"
 FORMAT_VERSION = 1
@@ -118,7 +119,7 @@ def import_jobs(document: Any, *, by: Any, dry_run: bool = False) -> dict[str, l
                         name=step.get("name") or step["type_key"],
                         type_key=step["type_key"],
                         alias=step.get("alias") or None,
-                        configuration=step.get("configuration") or {},
+                        configuration=seal_config(step["type_key"], step.get("configuration") or {}),
                         timeout_seconds=step.get("timeout_seconds") or 300,
                     )
                     for step in data.get("steps") or []

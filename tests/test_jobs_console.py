@@ -238,3 +238,47 @@ def test_step_page_edits_configuration_through_the_type_schema(as_role) -> None:
     step.refresh_from_db()
     assert step.configuration == {"left": "x", "operator": "contains", "right": "X"}
     assert JobVersion.objects.filter(job=job).count() == 2
+
+
+def test_step_passwords_are_sealed_at_rest_and_never_shown(as_role, settings, tmp_path) -> None:
+    import pyzipper
+
+    from jobs.engine.runner import ExecutionRunner
+
+    settings.COURIER_DATA_DIR = tmp_path / "data"
+    settings.COURIER_ALLOWED_ROOTS = [settings.COURIER_DATA_DIR]
+    secret = "Zip-Password-Unseen-4411"
+    client = as_role(OPERATOR)
+    response = client.post(
+        reverse("admin:jobs_job_add"),
+        job_post_data(
+            [
+                step_row(
+                    0,
+                    "file.zip",
+                    f'{{"source_path": "{tmp_path}/data/in.txt", "output_path": "out.zip", "password": "{secret}"}}',
+                ),
+                step_row(
+                    1,
+                    "file.copy",
+                    f'{{"source_path": "context:0.archive_path", "destination_path": "{tmp_path}/data/delivered/"}}',
+                ),
+            ]
+        ),
+    )
+    assert response.status_code == 302, response.content.decode()[:1500]
+    job = Job.objects.get(name="Partner invoices")
+    stored = job.steps.get(step_order=0).configuration["password"]
+    assert set(stored) == {"sealed"} and secret not in str(stored)
+    assert secret not in str(JobVersion.objects.get(job=job).config_snapshot)
+    page = client.get(reverse("admin:jobs_job_change", args=[job.pk]))
+    assert secret not in page.content.decode()
+
+    (tmp_path / "data").mkdir(exist_ok=True)
+    (tmp_path / "data" / "in.txt").write_text("confidential")
+    execution = control.enqueue(job, triggered_by="manual:tester")
+    control.claim(execution.pk, "inline-test")
+    ExecutionRunner(execution.pk, "inline-test").run()
+    assert JobExecution.objects.get(pk=execution.pk).state == "completed"
+    with pyzipper.AESZipFile(tmp_path / "data" / "delivered" / "out.zip") as archive:
+        assert archive.read("in.txt", pwd=secret.encode()) == b"confidential"

@@ -26,6 +26,7 @@ from jobs.engine.flow import Node, parse
 from jobs.engine.states import STEP_EVENTS
 from jobs.errors import Cancelled, ResumeCheckFailed, StepConfigurationError, StepTimedOut
 from jobs.policy import FailurePolicy
+from jobs.secrets import unseal_config
 from jobs.steps.base import CancelToken, StepContext, StepResult, get_step_type
 from jobs.steps.flow import evaluate
 
@@ -198,7 +199,7 @@ class ExecutionRunner:
             row = self._start_step_row(step, position, attempt)
             started = time.monotonic()
             try:
-                config = step_type.with_defaults(self._resolve(step.get("configuration") or {}))
+                config = step_type.with_defaults(self._resolve(unseal_config(step.get("configuration") or {})))
                 problems = step_type.validate(config, label)
                 if problems:
                     raise StepConfigurationError("; ".join(problems))
@@ -397,9 +398,8 @@ class ExecutionRunner:
             allowed_roots=workdirs.allowed_roots(),
         )
         try:
-            step_type.cleanup_before_retry(
-                step_type.with_defaults(self._resolve(step.get("configuration") or {})), context
-            )
+            configuration = unseal_config(step.get("configuration") or {})
+            step_type.cleanup_before_retry(step_type.with_defaults(self._resolve(configuration)), context)
         except Exception:
             logger.exception(
                 "execution %s: cleanup before retry of step %s failed", self.execution.pk, step["step_order"]

@@ -38,6 +38,8 @@ class ConfigField:
 
     def check(self, step_label: str, value: Any) -> str | None:
         """An error message for a value of the wrong kind, or None."""
+        if self.secret and isinstance(value, dict) and set(value) == {"sealed"}:
+            return None  # sealed with the master key (jobs.secrets); opened just before the step runs
         if isinstance(value, str) and value.startswith("context:") and self.kind != "string":
             return None  # resolved at run time; checked again then
         expected = _KINDS[self.kind]
