@@ -71,7 +71,9 @@ def _keygen(path: Path, key_type: str = "ed25519") -> None:
 
 
 @contextmanager
-def ssh_server(root: Path, host_key_type: str = "ecdsa", host_key: Path | None = None) -> Iterator[SshServer]:
+def ssh_server(
+    root: Path, host_key_type: str = "ecdsa", host_key: Path | None = None, authentication_methods: str = "any"
+) -> Iterator[SshServer]:
     """sshd on a free port, with its own host key, password and public key login for SFTP_USER."""
     root.mkdir(parents=True, exist_ok=True)
     home = ensure_sftp_user()
@@ -97,6 +99,7 @@ def ssh_server(root: Path, host_key_type: str = "ecdsa", host_key: Path | None =
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\nPidFile {root / 'sshd.pid'}\n"
         f"PasswordAuthentication yes\nPubkeyAuthentication yes\nKbdInteractiveAuthentication no\n"
         f"UsePAM yes\nAllowUsers {SFTP_USER}\nSubsystem sftp internal-sftp\nLogLevel ERROR\n"
+        f"AuthenticationMethods {authentication_methods}\n"
     )
     process = subprocess.Popen(
         ["/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
@@ -170,7 +173,13 @@ def ftp_server(root: Path, tls: str | None = None) -> Iterator[FtpServer]:
         Handler.tls_control_required = True
         Handler.tls_data_required = True
         if tls == "implicit":
-            Handler.implicit_tls = True  # pyftpdlib >= 2 speaks TLS from the first byte
+            # pyftpdlib has no implicit mode: start the TLS handshake before the banner.
+            class Handler(Handler):
+                def handle(self) -> None:
+                    self.secure_connection(self.ssl_context)  # the banner follows the handshake
+
+                def handle_ssl_established(self) -> None:
+                    super().handle()
     else:
 
         class Handler(FTPHandler):

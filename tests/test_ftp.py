@@ -135,3 +135,28 @@ def test_insecure_tls_works_and_is_audited(explicit) -> None:
 def test_wrong_ftp_password_is_e3001(plain) -> None:
     with pytest.raises(AuthenticationFailed, match=r"\[E3001\]"):
         open_session(ftp_connection(plain, password="not-the-password"))
+
+
+def test_active_mode_transfers_work_too(plain) -> None:
+    connection = ftp_connection(plain, passive_mode=False)
+    job, _ = transfer_job(connection, "ftp")
+    execution = run_inline(job)
+    assert execution.state == "completed", execution.error_message
+
+
+def test_implicit_tls_on_its_own_port(tmp_path: Path) -> None:
+    from connections.transfer import ftp as ftp_transfer
+
+    with ftp_server(tmp_path / "implicit", tls="implicit") as server:
+        # Implicit TLS is chosen by port 990; the test server listens elsewhere, so lend it that role.
+        original = ftp_transfer.IMPLICIT_TLS_PORT
+        ftp_transfer.IMPLICIT_TLS_PORT = server.port
+        try:
+            connection = ftp_connection(
+                server, "ftps", tls_cert_policy="pinned_thumbprint", tls_pinned_thumbprint=pinned(server)
+            )
+            job, _ = transfer_job(connection, "ftps")
+            execution = run_inline(job)
+        finally:
+            ftp_transfer.IMPLICIT_TLS_PORT = original
+    assert execution.state == "completed", execution.error_message

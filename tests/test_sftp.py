@@ -308,3 +308,53 @@ def test_a_dropped_session_reconnects_and_the_download_resumes(sshd) -> None:
     downloaded = events.get(operation="file_downloaded")
     assert downloaded.details["bytes"] == len(payload), downloaded.details
     assert downloaded.details["resumed_from"] > 0, [(e.operation, e.details) for e in events]
+
+
+def test_password_and_key_together_when_the_server_demands_both(tmp_path: Path) -> None:
+    with ssh_server(tmp_path / "both", authentication_methods="publickey,password") as server:
+        key = SshKey(
+            name="both",
+            key_type="ed25519",
+            public_key_data="ssh-ed25519 x",
+            fingerprint=f"SHA256:{uuid.uuid4().hex}",
+            created_by="alice",
+        )
+        key.set_private_key(server.client_private_key)
+        key.save()
+        only_key = sftp_connection(server, auth_method="ssh_key", ssh_key=key)
+        with pytest.raises(AuthenticationFailed):
+            open_session(only_key)
+        both = sftp_connection(server, auth_method="password_and_ssh_key", ssh_key=key)
+        open_session(both).close()
+
+
+def test_skip_existing_leaves_identical_local_files_alone(sshd) -> None:
+    import os
+    import pwd
+
+    remote_dir = sshd.home / f"skip-{uuid.uuid4().hex[:6]}"
+    remote_dir.mkdir()
+    (remote_dir / "a.csv").write_text("same")
+    (remote_dir / "b.csv").write_text("new file")
+    account = pwd.getpwnam(SFTP_USER)
+    for path in (remote_dir, remote_dir / "a.csv", remote_dir / "b.csv"):
+        os.chown(path, account.pw_uid, account.pw_gid)
+    connection = sftp_connection(sshd)
+    job = make_job(
+        [
+            ("test.write", {"name": "a.csv", "text": "same"}),
+            (
+                "sftp.download",
+                {
+                    "connection_id": str(connection.pk),
+                    "remote_path": remote_dir.name,
+                    "local_path": "./",
+                    "skip_existing": True,
+                },
+            ),
+        ]
+    )
+    execution = run_inline(job)
+    assert execution.state == "completed", execution.error_message
+    downloaded = [Path(path).name for path in execution.context_snapshot["values"]["1.downloaded_files"]]
+    assert downloaded == ["b.csv"]
