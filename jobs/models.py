@@ -323,9 +323,10 @@ class ScheduleType(models.TextChoices):
     ONE_SHOT = "one_shot"
 
 
-class JobSchedule(models.Model):
+class Schedule(models.Model):
+    """Fields shared by job and chain schedules."""
+
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    job = models.ForeignKey(Job, on_delete=models.CASCADE, db_column="job_id", related_name="schedules")
     schedule_type = models.TextField(choices=ScheduleType.choices, default=ScheduleType.CRON)
     cron_expression = models.TextField(
         null=True, blank=True, help_text="5-field cron, or Quartz 6/7 fields with seconds."
@@ -338,6 +339,13 @@ class JobSchedule(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
+        abstract = True
+
+
+class JobSchedule(Schedule):
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, db_column="job_id", related_name="schedules")
+
+    class Meta:
         managed = False
         db_table = "job_schedules"
 
@@ -345,19 +353,8 @@ class JobSchedule(models.Model):
         return f"{self.job}: {self.cron_expression or self.run_at}"
 
 
-class ChainSchedule(models.Model):
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+class ChainSchedule(Schedule):
     chain = models.ForeignKey(JobChain, on_delete=models.CASCADE, db_column="chain_id", related_name="schedules")
-    schedule_type = models.TextField(choices=ScheduleType.choices, default=ScheduleType.CRON)
-    cron_expression = models.TextField(
-        null=True, blank=True, help_text="5-field cron, or Quartz 6/7 fields with seconds."
-    )
-    run_at = models.DateTimeField(null=True, blank=True, help_text="For one-shot schedules: when to run.")
-    is_enabled = models.BooleanField(default=True)
-    last_fired_at = models.DateTimeField(null=True, blank=True)
-    next_fire_at = models.DateTimeField(null=True, blank=True)
-    created_at = models.DateTimeField(db_default=Now(), editable=False)
-    updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         managed = False
