@@ -179,7 +179,11 @@ class StepType:
         return problems
 
     def execute(self, config: dict[str, Any], context: StepContext, cancel: CancelToken) -> StepResult:
-        raise NotImplementedError(f"{self.type_key} does not implement execute()")
+        """Do the step's work; every runnable step type overrides this. Control-flow types
+        (flow.*) are interpreted by the engine and never reach it."""
+        from jobs.errors import StepFailed
+
+        raise StepFailed(f"step type {self.type_key} cannot run on its own")
 
     def cleanup_before_retry(self, config: dict[str, Any], context: StepContext) -> None:
         """Remove partial output of a failed attempt; the default has nothing to remove."""
