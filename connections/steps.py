@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ftplib
+import hashlib
 import os
 import uuid
 from pathlib import Path
@@ -105,8 +106,14 @@ class _Upload(_RemoteStep):
             help="Write <name>.courier-tmp and rename it, so partners never see a partial file.",
         ),
         ConfigField("overwrite", "boolean", default=True, help="Replace remote files that exist."),
+        ConfigField(
+            "verify_sha256",
+            "boolean",
+            default=False,
+            help="Read each uploaded file back and compare its SHA-256 (costs a second transfer).",
+        ),
     )
-    outputs = ("uploaded_files",)
+    outputs = ("uploaded_files", "sha256")
 
     def execute(self, config: dict[str, Any], context: StepContext, cancel: CancelToken) -> StepResult:
         session = self.session(config, context)
@@ -114,14 +121,42 @@ class _Upload(_RemoteStep):
         remote = config["remote_path"]
         into_directory = remote.endswith("/") or len(sources) > 1
         context.progress.bytes_total = sum(source.stat().st_size for source in sources)
-        uploaded, total = [], 0
+        uploaded, total, digests = [], 0, {}
         if into_directory:
             with_retries(session, self.retries(session), cancel, lambda: session.mkdir(remote.rstrip("/") or "/"))
         for source in sources:
             target = join(remote.rstrip("/"), source.name) if into_directory else remote
             total += self._upload_one(session, source, target, config, context, cancel)
             uploaded.append(target)
-        return StepResult(outputs={"uploaded_files": uploaded}, bytes_processed=total)
+            if config.get("verify_sha256"):
+                digests[target] = self._verify(session, source, target, cancel)
+        return StepResult(outputs={"uploaded_files": uploaded, "sha256": digests}, bytes_processed=total)
+
+    def _verify(self, session: Any, source: Path, target: str, cancel: CancelToken) -> str:
+        """SHA-256 of the local file and of the remote file read back; they must match."""
+        local = hashlib.sha256()
+        with source.open("rb") as data:
+            for block in iter(lambda: data.read(1024 * 1024), b""):
+                local.update(block)
+
+        class _Hasher:
+            def __init__(self) -> None:
+                self.digest = hashlib.sha256()
+
+            def write(self, block: bytes) -> None:
+                self.digest.update(block)
+
+        def read_back() -> str:
+            sink = _Hasher()
+            session.download(target, sink, 0, lambda count: cancel.check())
+            return sink.digest.hexdigest()
+
+        remote = with_retries(session, self.retries(session), cancel, read_back)
+        if remote != local.hexdigest():
+            raise RemoteFileError(
+                f"SHA-256 of {target} read back ({remote}) differs from the local file ({local.hexdigest()})"
+            )
+        return remote
 
     def _upload_one(
         self, session: Any, source: Path, target: str, config: dict[str, Any], context: StepContext, cancel: CancelToken

@@ -152,7 +152,7 @@ def self_signed_certificate(folder: Path) -> tuple[Path, bytes]:
 
 
 @contextmanager
-def ftp_server(root: Path, tls: str | None = None) -> Iterator[FtpServer]:
+def ftp_server(root: Path, tls: str | None = None, max_tls: str | None = None) -> Iterator[FtpServer]:
     """pyftpdlib on a free port: plain FTP, explicit TLS ("explicit") or implicit TLS ("implicit")."""
     from pyftpdlib.authorizers import DummyAuthorizer
     from pyftpdlib.handlers import FTPHandler, TLS_FTPHandler
@@ -170,6 +170,10 @@ def ftp_server(root: Path, tls: str | None = None) -> Iterator[FtpServer]:
             pass
 
         Handler.certfile = str(pem)
+        if max_tls == "1.2":
+            from OpenSSL import SSL
+
+            Handler.ssl_options = TLS_FTPHandler.ssl_options | SSL.OP_NO_TLSv1_3
         Handler.tls_control_required = True
         Handler.tls_data_required = True
         if tls == "implicit":

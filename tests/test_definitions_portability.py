@@ -117,3 +117,52 @@ def test_export_leaves_secrets_out() -> None:
     document = export_jobs(Job.objects.filter(name="Zipper"))
     assert "zip-secret-123" not in json.dumps(document)
     assert document["jobs"][0]["steps"][0]["configuration"] == {"source_path": "a", "output_path": "b.zip"}
+
+
+def test_connections_travel_with_their_jobs_by_name_and_without_secrets() -> None:
+    from connections.models import Connection
+
+    connection = Connection(
+        name="ACME SFTP", protocol="sftp", host="sftp.acme.test", port=22, auth_method="password", username="courier"
+    )
+    connection.set_password("conn-secret-771")
+    connection.save()
+    make_job([("sftp.list", {"connection_id": str(connection.pk), "remote_path": "/out"})], name="Lister")
+    document = export_jobs(Job.objects.filter(name="Lister"))
+
+    assert "conn-secret-771" not in json.dumps(document)
+    assert document["connections"][0]["name"] == "ACME SFTP"
+    assert document["jobs"][0]["steps"][0]["configuration"]["connection_id"] == "connection:ACME SFTP"
+
+    # Another environment: neither the job nor the connection exists there.
+    Job.all_objects.filter(name="Lister").get().hard_delete()
+    connection.hard_delete()
+    report = import_jobs(document, by="deployer")
+
+    imported = Connection.objects.get(name="ACME SFTP")
+    assert imported.host == "sftp.acme.test" and not imported.password_encrypted
+    assert report["connections_needing_password"] == ["ACME SFTP"]
+    step = Job.objects.get(name="Lister").steps.get()
+    assert step.configuration["connection_id"] == str(imported.pk)
+
+
+def test_a_job_naming_an_unknown_connection_is_refused() -> None:
+    document = {
+        "format": "courier-definitions",
+        "format_version": 1,
+        "jobs": [
+            {
+                "name": "Orphan",
+                "steps": [
+                    {
+                        "step_order": 0,
+                        "type_key": "sftp.list",
+                        "configuration": {"connection_id": "connection:Nowhere", "remote_path": "/"},
+                    }
+                ],
+            }
+        ],
+    }
+    with pytest.raises(ImportRefused, match="no connection named 'Nowhere'"):
+        import_jobs(document, by="deployer")
+    assert not Job.objects.filter(name="Orphan").exists()

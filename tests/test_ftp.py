@@ -160,3 +160,15 @@ def test_implicit_tls_on_its_own_port(tmp_path: Path) -> None:
         finally:
             ftp_transfer.IMPLICIT_TLS_PORT = original
     assert execution.state == "completed", execution.error_message
+
+
+def test_tls_floor_above_what_the_server_offers_is_refused(tmp_path: Path) -> None:
+    from tests import servers
+
+    with servers.ftp_server(tmp_path / "old-tls", tls="explicit", max_tls="1.2") as server:
+        connection = ftp_connection(server, "ftps", tls_cert_policy="insecure", tls_version_floor="1.3")
+        with pytest.raises(ConnectionFailed, match=r"\[E3000\].*TLS"):
+            open_session(connection)
+        connection.tls_version_floor = "1.2"
+        connection.save()
+        open_session(connection).close()

@@ -358,3 +358,29 @@ def test_skip_existing_leaves_identical_local_files_alone(sshd) -> None:
     assert execution.state == "completed", execution.error_message
     downloaded = [Path(path).name for path in execution.context_snapshot["values"]["1.downloaded_files"]]
     assert downloaded == ["b.csv"]
+
+
+def test_upload_can_verify_the_sha256_by_reading_back(sshd) -> None:
+    import hashlib
+
+    connection = sftp_connection(sshd)
+    folder = f"verify-{uuid.uuid4().hex[:6]}"
+    job = make_job(
+        [
+            ("test.write", {"name": "ledger.csv", "text": "a,b\n" * 5000}),
+            (
+                "sftp.upload",
+                {
+                    "connection_id": str(connection.pk),
+                    "local_path": "context:0.path",
+                    "remote_path": f"{folder}/",
+                    "verify_sha256": True,
+                },
+            ),
+        ]
+    )
+    execution = run_inline(job)
+
+    assert execution.state == "completed", execution.error_message
+    digests = execution.context_snapshot["values"]["1.sha256"]
+    assert digests == {f"{folder}/ledger.csv": hashlib.sha256(("a,b\n" * 5000).encode()).hexdigest()}

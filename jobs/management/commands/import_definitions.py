@@ -34,3 +34,6 @@ class Command(BaseCommand):
             f"{prefix} {len(report['created'])} new, {len(report['updated'])} updated, "
             f"{len(report['unchanged'])} unchanged job(s)."
         )
+        if report["connections_needing_password"]:
+            names = ", ".join(report["connections_needing_password"])
+            self.stdout.write(f"Set the password of these connections in the console: {names}.")
