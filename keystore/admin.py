@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
+from django.utils.html import format_html
+from django.utils.text import slugify
 from unfold.admin import ModelAdmin
 
+from audit.models import AuditLogEntry
 from courier_site.admin_base import SoftDeleteAdmin, yes_no
+from keystore.forms import SshKeyAddForm
 from keystore.models import PgpKey, PublicKeyShareToken, SshKey
+from keystore.services import save_ssh_key
 
 
 @admin.register(PgpKey)
@@ -49,10 +60,18 @@ class PgpKeyAdmin(SoftDeleteAdmin):
 
 @admin.register(SshKey)
 class SshKeyAdmin(SoftDeleteAdmin):
-    list_display = ("name", "key_type", "fingerprint", "status", "created_by", "created_at")
+    list_display = ("name", "key_type", "fingerprint", "status", "created_by", "created_at", "public_link")
     list_filter = ("status", "key_type")
     search_fields = ("name", "fingerprint")
-    readonly_fields = ("fingerprint", "private_state", "created_by", "created_at", "updated_at")
+    readonly_fields = (
+        "key_type",
+        "fingerprint",
+        "public_key_data",
+        "private_state",
+        "created_by",
+        "created_at",
+        "updated_at",
+    )
     fields = (
         "name",
         "key_type",
@@ -69,6 +88,62 @@ class SshKeyAdmin(SoftDeleteAdmin):
     @admin.display(description="private key")
     def private_state(self, obj: SshKey) -> str:
         return yes_no(obj.private_key_data)
+
+    @admin.display(description="")
+    def public_link(self, obj: SshKey) -> str:
+        return format_html('<a href="{}">Public key</a>', reverse("admin:keystore_sshkey_public", args=[obj.pk]))
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        if obj is None:
+            kwargs["form"] = SshKeyAddForm
+            kwargs["fields"] = ("name", "mode", "key_type", "private_key", "passphrase", "notes")
+        return super().get_form(request, obj, change, **kwargs)
+
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
+        if obj is None:
+            return [(None, {"fields": ("name", "mode", "key_type", "private_key", "passphrase", "notes")})]
+        return super().get_fieldsets(request, obj)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return () if obj is None else self.readonly_fields
+
+    def save_model(self, request: HttpRequest, obj: SshKey, form: Any, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            AuditLogEntry.objects.record(
+                entity_type="ssh_key",
+                entity_id=obj.pk,
+                operation="changed",
+                performed_by=request.user,
+                details={"fields": form.changed_data},
+            )
+            return
+        operation = "imported" if form.cleaned_data.get("mode") == "import" else "generated"
+        key = save_ssh_key(obj.name, form.material, by=request.user, operation=operation, notes=obj.notes or "")
+        # The admin goes on with this object (messages, redirect): make it the stored key.
+        obj.__dict__.update({name: value for name, value in key.__dict__.items() if not name.startswith("_")})
+
+    def get_urls(self) -> list[Any]:
+        return [
+            path("<uuid:key_id>/public/", self.admin_site.admin_view(self.public_view), name="keystore_sshkey_public"),
+            *super().get_urls(),
+        ]
+
+    def public_view(self, request: HttpRequest, key_id: Any) -> HttpResponse:
+        """The public half in OpenSSH format, as a download (the private half is never exported)."""
+        key = get_object_or_404(SshKey, pk=key_id)
+        if not self.has_view_permission(request, key):
+            raise PermissionDenied
+        AuditLogEntry.objects.record(
+            entity_type="ssh_key",
+            entity_id=key.pk,
+            operation="public_key_exported",
+            performed_by=request.user,
+            details={"fingerprint": key.fingerprint},
+        )
+        response = HttpResponse(key.public_key_data.strip() + "\n", content_type="text/plain")
+        response["Content-Disposition"] = f'attachment; filename="{slugify(key.name) or "key"}.pub"'
+        return response
 
 
 @admin.register(PublicKeyShareToken)

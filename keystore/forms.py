@@ -1,0 +1,57 @@
+"""Console forms of the key store: generate or import an SSH key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.core.exceptions import ValidationError
+
+from courier_site.errors import CourierError
+from keystore import ssh
+from keystore.models import SshKey
+
+
+class SshKeyAddForm(forms.ModelForm):
+    MODES = (("generate", "Generate a new key pair"), ("import", "Import a private key"))
+
+    mode = forms.ChoiceField(choices=MODES, initial="generate", help_text="Generate here, or import an existing key.")
+    key_type = forms.ChoiceField(
+        choices=SshKey.KeyType.choices,
+        initial="ed25519",
+        required=False,
+        help_text="For generated keys. Ed25519 is short and fast; RSA 4096 for old servers.",
+    )
+    private_key = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 8}),
+        strip=False,
+        help_text="For imports: OpenSSH or PEM (PKCS#1, PKCS#8) private key text.",
+    )
+    passphrase = forms.CharField(
+        required=False,
+        strip=False,
+        widget=forms.PasswordInput(render_value=False),
+        help_text="Passphrase of the imported key, if it has one. Not stored.",
+    )
+
+    class Meta:
+        model = SshKey
+        fields = ("name", "notes")
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        try:
+            if data.get("mode") == "import":
+                if not data.get("private_key"):
+                    raise ValidationError({"private_key": "Paste the private key to import."})
+                self.material = ssh.load(data["private_key"], data.get("passphrase") or None)
+            else:
+                self.material = ssh.generate(data.get("key_type") or "ed25519")
+        except CourierError as error:
+            field = "passphrase" if error.code == "E4001" else "private_key"
+            raise ValidationError({field: str(error)}) from error
+        duplicate = SshKey.objects.filter(fingerprint=self.material.fingerprint).first()
+        if duplicate is not None:
+            raise ValidationError({"private_key": f"[E4002] this key is already stored as '{duplicate.name}'"})
+        return data
