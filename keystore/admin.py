@@ -8,16 +8,18 @@ from django.contrib import admin
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.text import slugify
 from unfold.admin import ModelAdmin
 
 from audit.models import AuditLogEntry
+from connections.forms import is_admin
 from courier_site.admin_base import SoftDeleteAdmin, yes_no
-from keystore.forms import SshKeyAddForm
+from keystore.forms import PgpKeyAddForm, SshKeyAddForm
 from keystore.models import PgpKey, PublicKeyShareToken, SshKey
-from keystore.services import save_ssh_key
+from keystore.services import export_private_pgp_key, save_pgp_key, save_ssh_key
 
 
 @admin.register(PgpKey)
@@ -31,11 +33,23 @@ class PgpKeyAdmin(SoftDeleteAdmin):
         "expires_at",
         "private_state",
         "created_by",
+        "public_link",
     )
     list_filter = ("status", "algorithm", "key_type", "expires_at")
     search_fields = ("name", "fingerprint", "short_key_id", "purpose")
     list_select_related = ("successor_key",)
-    readonly_fields = ("fingerprint", "short_key_id", "private_state", "created_by", "created_at", "updated_at")
+    readonly_fields = (
+        "fingerprint",
+        "short_key_id",
+        "algorithm",
+        "key_type",
+        "public_key_data",
+        "private_state",
+        "expires_at",
+        "created_by",
+        "created_at",
+        "updated_at",
+    )
     fields = (
         "name",
         "purpose",
@@ -52,10 +66,105 @@ class PgpKeyAdmin(SoftDeleteAdmin):
         "created_at",
         "updated_at",
     )
+    add_fields = (
+        "name",
+        "purpose",
+        "mode",
+        "algorithm_choice",
+        "email",
+        "expire_days",
+        "key_data",
+        "key_file",
+        "passphrase",
+    )
 
     @admin.display(description="private key")
     def private_state(self, obj: PgpKey) -> str:
         return yes_no(obj.private_key_data)
+
+    @admin.display(description="")
+    def public_link(self, obj: PgpKey) -> str:
+        return format_html('<a href="{}">Public key</a>', reverse("admin:keystore_pgpkey_public", args=[obj.pk]))
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        if obj is None:
+            kwargs["form"] = PgpKeyAddForm
+            kwargs["fields"] = self.add_fields
+        return super().get_form(request, obj, change, **kwargs)
+
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
+        if obj is None:
+            return [(None, {"fields": self.add_fields})]
+        return super().get_fieldsets(request, obj)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return () if obj is None else self.readonly_fields
+
+    def save_model(self, request: HttpRequest, obj: PgpKey, form: Any, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            AuditLogEntry.objects.record(
+                entity_type="pgp_key",
+                entity_id=obj.pk,
+                operation="changed",
+                performed_by=request.user,
+                details={"fields": form.changed_data},
+            )
+            return
+        operation = "imported" if form.cleaned_data.get("mode") == "import" else "generated"
+        key = save_pgp_key(obj.name, form.material, by=request.user, operation=operation, purpose=obj.purpose or "")
+        obj.__dict__.update({name: value for name, value in key.__dict__.items() if not name.startswith("_")})
+
+    def get_urls(self) -> list[Any]:
+        return [
+            path("<uuid:key_id>/public/", self.admin_site.admin_view(self.public_view), name="keystore_pgpkey_public"),
+            path(
+                "<uuid:key_id>/private/", self.admin_site.admin_view(self.private_view), name="keystore_pgpkey_private"
+            ),
+            *super().get_urls(),
+        ]
+
+    def public_view(self, request: HttpRequest, key_id: Any) -> HttpResponse:
+        key = get_object_or_404(PgpKey, pk=key_id)
+        if not self.has_view_permission(request, key):
+            raise PermissionDenied
+        AuditLogEntry.objects.record(
+            entity_type="pgp_key",
+            entity_id=key.pk,
+            operation="public_key_exported",
+            performed_by=request.user,
+            details={"fingerprint": key.fingerprint},
+        )
+        response = HttpResponse(key.public_key_data, content_type="application/pgp-keys")
+        response["Content-Disposition"] = f'attachment; filename="{slugify(key.name) or "key"}-{key.short_key_id}.asc"'
+        return response
+
+    def private_view(self, request: HttpRequest, key_id: Any) -> HttpResponse:
+        """Admins only, after an explicit confirmation (POST); every export and refusal is audited."""
+        key = get_object_or_404(PgpKey, pk=key_id)
+        if not is_admin(request.user):
+            AuditLogEntry.objects.record(
+                entity_type="pgp_key",
+                entity_id=key.pk,
+                operation="private_export_refused",
+                performed_by=request.user,
+                details={"reason": "not an Admin"},
+            )
+            raise PermissionDenied
+        if request.method != "POST" or request.POST.get("confirm") != key.short_key_id:
+            context = {
+                **self.admin_site.each_context(request),
+                "title": f"Export the private key of {key.name}?",
+                "key": key,
+                "opts": self.model._meta,
+            }
+            return TemplateResponse(request, "admin/keystore/pgpkey/private_confirm.html", context)
+        armored = export_private_pgp_key(key, by=request.user)
+        response = HttpResponse(armored, content_type="application/pgp-keys")
+        response["Content-Disposition"] = (
+            f'attachment; filename="{slugify(key.name) or "key"}-{key.short_key_id}-PRIVATE.asc"'
+        )
+        return response
 
 
 @admin.register(SshKey)

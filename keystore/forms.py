@@ -8,8 +8,8 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from courier_site.errors import CourierError
-from keystore import ssh
-from keystore.models import SshKey
+from keystore import pgp, ssh
+from keystore.models import PgpKey, SshKey
 
 
 class SshKeyAddForm(forms.ModelForm):
@@ -54,4 +54,66 @@ class SshKeyAddForm(forms.ModelForm):
         duplicate = SshKey.objects.filter(fingerprint=self.material.fingerprint).first()
         if duplicate is not None:
             raise ValidationError({"private_key": f"[E4002] this key is already stored as '{duplicate.name}'"})
+        return data
+
+
+class PgpKeyAddForm(forms.ModelForm):
+    MODES = (("generate", "Generate a new key pair"), ("import", "Import a public key or key pair"))
+
+    mode = forms.ChoiceField(choices=MODES, initial="generate")
+    algorithm_choice = forms.ChoiceField(
+        choices=PgpKey.Algorithm.choices,
+        initial="rsa_3072",
+        required=False,
+        label="Algorithm",
+        help_text="For generated keys.",
+    )
+    email = forms.EmailField(required=False, help_text="E-mail in the key's user id (generated keys).")
+    expire_days = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=3650,
+        help_text="Generated keys expire after this many days; empty = never.",
+    )
+    key_data = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 8}),
+        strip=False,
+        help_text="For imports: the armored key block (public key or private key).",
+    )
+    key_file = forms.FileField(required=False, help_text="For imports: a binary or armored key file instead.")
+    passphrase = forms.CharField(
+        required=False,
+        strip=False,
+        widget=forms.PasswordInput(render_value=False),
+        help_text="Passphrase of an imported private key (kept sealed, never shown).",
+    )
+
+    class Meta:
+        model = PgpKey
+        fields = ("name", "purpose")
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if self.errors:
+            return data
+        try:
+            if data.get("mode") == "import":
+                raw = data.get("key_file").read() if data.get("key_file") else data.get("key_data")
+                if not raw:
+                    raise ValidationError({"key_data": "Paste the key block or choose a key file."})
+                self.material = pgp.load(raw, data.get("passphrase") or None)
+            else:
+                self.material = pgp.generate(
+                    data.get("algorithm_choice") or "rsa_3072",
+                    data["name"],
+                    data.get("email") or "",
+                    data.get("expire_days"),
+                )
+        except CourierError as error:
+            field = "passphrase" if error.code == "E4001" else "key_data"
+            raise ValidationError({field: str(error)}) from error
+        duplicate = PgpKey.objects.filter(fingerprint=self.material.fingerprint).first()
+        if duplicate is not None:
+            raise ValidationError({"key_data": f"[E4002] this key is already stored as '{duplicate.name}'"})
         return data
