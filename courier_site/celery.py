@@ -27,6 +27,11 @@ app.conf.beat_schedule = {
         "schedule": 30.0,
         "options": {"expires": 60},
     },
+    "daily-scan-key-expiry": {
+        "task": "keystore.scan_key_expiry",
+        "schedule": crontab(minute=37, hour=2),
+        "options": {"expires": 6 * 3600},
+    },
     "daily-cleanup-orphan-work-dirs": {
         "task": "jobs.cleanup_work_dirs",
         "schedule": crontab(minute=7, hour=4),

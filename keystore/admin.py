@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
@@ -17,7 +17,9 @@ from unfold.admin import ModelAdmin
 from audit.models import AuditLogEntry
 from connections.forms import is_admin
 from courier_site.admin_base import SoftDeleteAdmin, yes_no
-from keystore.forms import PgpKeyAddForm, SshKeyAddForm
+from courier_site.errors import CourierError
+from keystore import lifecycle
+from keystore.forms import PgpKeyAddForm, PgpKeyChangeForm, SshKeyAddForm
 from keystore.models import PgpKey, PublicKeyShareToken, SshKey
 from keystore.services import export_private_pgp_key, save_pgp_key, save_ssh_key
 
@@ -86,11 +88,45 @@ class PgpKeyAdmin(SoftDeleteAdmin):
     def public_link(self, obj: PgpKey) -> str:
         return format_html('<a href="{}">Public key</a>', reverse("admin:keystore_pgpkey_public", args=[obj.pk]))
 
+    actions = ["retire_keys", "revoke_keys"]
+
     def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
         if obj is None:
             kwargs["form"] = PgpKeyAddForm
             kwargs["fields"] = self.add_fields
+        else:
+            kwargs["form"] = PgpKeyChangeForm
         return super().get_form(request, obj, change, **kwargs)
+
+    @admin.action(description="Retire selected keys (decrypt and verify only)", permissions=["change"])
+    def retire_keys(self, request: HttpRequest, queryset: Any) -> None:
+        done = 0
+        for key in queryset:
+            try:
+                lifecycle.retire(key, by=request.user)
+                done += 1
+            except CourierError as error:
+                messages.error(request, str(error))
+        messages.success(request, f"Retired {done} key(s).")
+
+    @admin.action(description="Revoke selected keys (no further use)", permissions=["change"])
+    def revoke_keys(self, request: HttpRequest, queryset: Any) -> None:
+        done = 0
+        for key in queryset:
+            try:
+                lifecycle.revoke(key, by=request.user)
+                done += 1
+            except CourierError as error:
+                messages.error(request, str(error))
+        messages.success(request, f"Revoked {done} key(s).")
+
+    def delete_model(self, request: HttpRequest, obj: PgpKey) -> None:
+        lifecycle.delete(obj, by=request.user)
+
+    def delete_queryset(self, request: HttpRequest, queryset: Any) -> None:
+        for key in queryset:
+            lifecycle.delete(key, by=request.user)
+        messages.info(request, "Deleted keys keep their public half for history; private material was wiped.")
 
     def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
         if obj is None:

@@ -117,3 +117,26 @@ class PgpKeyAddForm(forms.ModelForm):
         if duplicate is not None:
             raise ValidationError({"key_data": f"[E4002] this key is already stored as '{duplicate.name}'"})
         return data
+
+
+class PgpKeyChangeForm(forms.ModelForm):
+    class Meta:
+        model = PgpKey
+        fields = ("name", "purpose", "status", "successor_key")
+
+    def clean_successor_key(self) -> Any:
+        from keystore.lifecycle import successor_problem
+
+        successor = self.cleaned_data.get("successor_key")
+        problem = successor_problem(self.instance, successor)
+        if problem:
+            raise ValidationError(problem)
+        return successor
+
+    def clean_status(self) -> str:
+        status = self.cleaned_data.get("status")
+        if self.instance.status in ("revoked", "deleted") and status != self.instance.status:
+            raise ValidationError(f"a {self.instance.status} key stays {self.instance.status}")
+        if status == "deleted":
+            raise ValidationError("use Delete to remove a key: it wipes the private material")
+        return status
