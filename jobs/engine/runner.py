@@ -243,6 +243,7 @@ class ExecutionRunner:
             allowed_roots=workdirs.allowed_roots(),
             log=lambda message: logger.info("execution %s: %s", self.execution.pk, message),
             sessions=self.sessions,
+            prepared=step_type.prepare(config),
         )
         outcome: dict[str, Any] = {}
 

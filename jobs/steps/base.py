@@ -128,6 +128,8 @@ class StepContext:
     # Remote sessions of the execution (connections.transfer.sessions.SessionPool), opened
     # by the runner before a step that names a connection_id.
     sessions: Any = None
+    # What the step's prepare() fetched in the runner's thread (keys, notes for the outputs).
+    prepared: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -185,6 +187,11 @@ class StepType:
 
         raise StepFailed(f"step type {self.type_key} cannot run on its own")
 
+    def prepare(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Runs in the runner's thread before execute(): the place for database reads and audit
+        records (keys, connections). execute() itself runs in a worker thread without them."""
+        return {}
+
     def cleanup_before_retry(self, config: dict[str, Any], context: StepContext) -> None:
         """Remove partial output of a failed attempt; the default has nothing to remove."""
 
@@ -223,7 +230,13 @@ def validate_step(type_key: str, config: dict[str, Any], step_label: str) -> Non
         raise StepConfigurationError("; ".join(problems))
 
 
-BUILTIN_STEP_MODULES = ("jobs.steps.flow", "jobs.steps.files", "jobs.steps.archive", "connections.steps")
+BUILTIN_STEP_MODULES = (
+    "jobs.steps.flow",
+    "jobs.steps.files",
+    "jobs.steps.archive",
+    "connections.steps",
+    "keystore.steps",
+)
 _loaded = False
 
 

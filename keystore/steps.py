@@ -1,0 +1,238 @@
+"""PGP steps: encrypt, decrypt, sign and verify files with keys from the key store (real gpg, streamed)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+from audit.models import AuditLogEntry
+from courier_site.envelope import keyring
+from jobs.errors import Cancelled, StepFailed
+from jobs.paths import resolve_path
+from jobs.steps.base import CancelToken, ConfigField, StepContext, StepResult, StepType, as_list, register
+from jobs.steps.files import select_sources
+from keystore import lifecycle
+from keystore.pgp import gnupg_home
+
+CHUNK = 1024 * 1024
+
+
+class _CancellableReader:
+    """Feeds gpg in chunks and stops the stream when the execution is paused or cancelled."""
+
+    def __init__(self, path: Path, context: StepContext, cancel: CancelToken) -> None:
+        self.handle = path.open("rb")
+        self.context, self.cancel = context, cancel
+
+    def read(self, size: int = -1) -> bytes:
+        if self.cancel.requested:
+            return b""  # gpg sees the end of its input; the step then reports the cancel
+        data = self.handle.read(CHUNK if size is None or size < 0 else min(size, CHUNK))
+        self.context.progress.add(len(data))
+        return data
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def _key(key_id: Any, use: str, step_label: str) -> Any:
+    from keystore.models import PgpKey
+
+    try:
+        key = PgpKey.objects.select_related("successor_key").filter(pk=uuid.UUID(str(key_id))).first()
+    except ValueError:
+        key = None
+    if key is None:
+        raise StepFailed(f"{step_label}: no PGP key {key_id!r} in the key store")
+    return key
+
+
+def _material(key: Any) -> dict[str, Any]:
+    bundle = json.loads(keyring().open_text(key.private_key_data)) if key.private_key_data else None
+    return {
+        "id": str(key.pk),
+        "name": key.name,
+        "fingerprint": key.fingerprint,
+        "public": key.public_key_data,
+        "secret": bundle["armored"] if bundle else None,
+        "passphrase": bundle["passphrase"] if bundle else None,
+    }
+
+
+def _audit_use(key: Any, use: str) -> None:
+    AuditLogEntry.objects.record(
+        entity_type="pgp_key",
+        entity_id=key.pk,
+        operation=f"used_to_{use}",
+        performed_by="system",
+        details={"fingerprint": key.fingerprint},
+    )
+
+
+def _output_for(source: Path, output: str | None, suffix: str, single: bool, context: StepContext) -> Path:
+    if not output:
+        return source.with_name(source.name + suffix)
+    target = resolve_path(output, context.work_dir, context.allowed_roots)
+    if output.endswith("/") or target.is_dir() or not single:
+        target.mkdir(parents=True, exist_ok=True)
+        return resolve_path(target / (source.name + suffix), context.work_dir, context.allowed_roots)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target
+
+
+def _finish(result: Any, target: Path, cancel: CancelToken, what: str) -> None:
+    if cancel.requested:
+        target.unlink(missing_ok=True)
+        raise Cancelled(cancel.reason or "cancel")
+    if not result.ok:
+        target.unlink(missing_ok=True)
+        raise StepFailed(f"{what} failed: {(result.status or result.stderr.strip().splitlines()[-1:] or '?')}")
+
+
+@register
+class EncryptStep(StepType):
+    type_key = "pgp.encrypt"
+    label = "PGP encrypt"
+    description = "Encrypt files to one or more recipients, optionally signed."
+    fields = (
+        ConfigField("input_path", "string_or_list", required=True, help="File(s) or glob to encrypt."),
+        ConfigField("recipient_key_ids", "string_or_list", required=True, help="Key store ids of the recipients."),
+        ConfigField("output_path", "string", help="Directory (ends with /) or file; default: <input>.pgp beside it."),
+        ConfigField("armor", "boolean", default=False, help="ASCII armor (.asc) instead of binary."),
+        ConfigField(
+            "compress", "boolean", default=False, help="Compress before encrypting (slow; useless on zip/gz files)."
+        ),
+        ConfigField("signing_key_id", "string", help="Also sign with this key pair."),
+    )
+    outputs = ("encrypted_files", "notes")
+
+    def prepare(self, config: dict[str, Any]) -> dict[str, Any]:
+        recipients, notes = [], []
+        for key_id in as_list(config["recipient_key_ids"]):
+            key, note = lifecycle.encryption_key(_key(key_id, "encrypt", "pgp.encrypt"))
+            if note:
+                notes.append(note)
+            _audit_use(key, "encrypt")
+            recipients.append(_material(key))
+        signer = None
+        if config.get("signing_key_id"):
+            key = _key(config["signing_key_id"], "sign", "pgp.encrypt")
+            lifecycle.check_use(key, "sign")
+            if not key.private_key_data:
+                raise StepFailed(f"signing key '{key.name}' has no private half")
+            _audit_use(key, "sign")
+            signer = _material(key)
+        return {"recipients": recipients, "signer": signer, "notes": notes}
+
+    def execute(self, config: dict[str, Any], context: StepContext, cancel: CancelToken) -> StepResult:
+        prepared = context.prepared
+        sources = select_sources(config["input_path"], context)
+        suffix = ".asc" if config.get("armor") else ".pgp"
+        outputs, total = [], 0
+        extra = [] if config.get("compress") else ["--compress-algo", "none"]
+        with gnupg_home() as gpg:
+            for recipient in prepared["recipients"]:
+                gpg.import_keys(recipient["public"])
+            signer = prepared.get("signer")
+            if signer:
+                gpg.import_keys(signer["secret"], passphrase=signer["passphrase"])
+            for source in sources:
+                target = _output_for(source, config.get("output_path"), suffix, len(sources) == 1, context)
+                reader = _CancellableReader(source, context, cancel)
+                try:
+                    result = gpg.encrypt_file(
+                        reader,
+                        [r["fingerprint"] for r in prepared["recipients"]],
+                        always_trust=True,
+                        armor=bool(config.get("armor")),
+                        output=str(target),
+                        sign=signer["fingerprint"] if signer else None,
+                        passphrase=(signer or {}).get("passphrase"),
+                        extra_args=extra,
+                    )
+                finally:
+                    reader.close()
+                _finish(result, target, cancel, f"encryption of {source.name}")
+                outputs.append(str(target))
+                total += source.stat().st_size
+        return StepResult(
+            outputs={"encrypted_files": outputs, "notes": prepared["notes"]}, bytes_processed=total, files=outputs
+        )
+
+
+@register
+class DecryptStep(StepType):
+    type_key = "pgp.decrypt"
+    label = "PGP decrypt"
+    description = "Decrypt files; optionally require a valid signature from a known key."
+    fields = (
+        ConfigField("input_path", "string_or_list", required=True, help="Encrypted file(s) or glob."),
+        ConfigField("private_key_id", "string", help="Key pair to use; empty = any usable key pair."),
+        ConfigField("output_path", "string", help="Directory (ends with /) or file; default: input without .pgp."),
+        ConfigField(
+            "verify_signature", "boolean", default=False, help="Fail unless a valid known signature is present."
+        ),
+    )
+    outputs = ("decrypted_files", "signature")
+
+    def prepare(self, config: dict[str, Any]) -> dict[str, Any]:
+        from keystore.models import PgpKey
+
+        if config.get("private_key_id"):
+            candidates = [_key(config["private_key_id"], "decrypt", "pgp.decrypt")]
+        else:
+            candidates = list(PgpKey.objects.filter(key_type="key_pair", status__in=("active", "expiring", "retired")))
+        pairs = []
+        for key in candidates:
+            lifecycle.check_use(key, "decrypt")
+            if key.private_key_data:
+                pairs.append(_material(key))
+        if not pairs:
+            raise StepFailed("pgp.decrypt: no usable key pair in the key store")
+        verifiers = [
+            {"fingerprint": k.fingerprint, "public": k.public_key_data, "status": k.status}
+            for k in PgpKey.objects.filter(status__in=("active", "expiring", "retired"))
+        ]
+        return {"pairs": pairs, "verifiers": verifiers}
+
+    def execute(self, config: dict[str, Any], context: StepContext, cancel: CancelToken) -> StepResult:
+        sources = select_sources(config["input_path"], context)
+        outputs, signatures, total = [], [], 0
+        with gnupg_home() as gpg:
+            for verifier in context.prepared["verifiers"]:
+                gpg.import_keys(verifier["public"])
+            for pair in context.prepared["pairs"]:
+                gpg.import_keys(pair["secret"], passphrase=pair["passphrase"])
+            passphrases = [pair["passphrase"] for pair in context.prepared["pairs"] if pair["passphrase"]]
+            for source in sources:
+                stem = source.name[:-4] if source.suffix.lower() in (".pgp", ".gpg", ".asc") else source.name + ".out"
+                target = _output_for(source.with_name(stem), config.get("output_path"), "", len(sources) == 1, context)
+                if not config.get("output_path"):
+                    target = source.with_name(stem)
+                reader = _CancellableReader(source, context, cancel)
+                try:
+                    result = gpg.decrypt_file(
+                        reader,
+                        always_trust=True,
+                        output=str(target),
+                        passphrase=passphrases[0] if passphrases else None,
+                    )
+                finally:
+                    reader.close()
+                _finish(result, target, cancel, f"decryption of {source.name}")
+                signature = {
+                    "valid": bool(result.valid),
+                    "signer_fingerprint": result.fingerprint,
+                    "status": result.status,
+                }
+                if config.get("verify_signature") and not result.valid:
+                    target.unlink(missing_ok=True)
+                    raise StepFailed(f"{source.name} has no valid signature from a known key ({result.status})")
+                signatures.append(signature)
+                outputs.append(str(target))
+                total += source.stat().st_size
+        return StepResult(
+            outputs={"decrypted_files": outputs, "signature": signatures}, bytes_processed=total, files=outputs
+        )

@@ -1,0 +1,127 @@
+"""pgp.encrypt / pgp.decrypt in jobs, with real gpg and keys from the key store."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from keystore import lifecycle
+from keystore.models import PgpKey
+from keystore.services import generate_pgp_key
+from tests.engine_support import make_job, run_inline
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def data_dir(settings, tmp_path):
+    settings.COURIER_DATA_DIR = tmp_path / "data"
+    settings.COURIER_ALLOWED_ROOTS = [settings.COURIER_DATA_DIR]
+    (tmp_path / "data").mkdir()
+    return settings.COURIER_DATA_DIR
+
+
+def test_encrypt_to_two_recipients_signed_then_decrypt_and_verify(data_dir: Path) -> None:
+    alice = generate_pgp_key("alice", "ecc_curve25519", by="admin")
+    bob = generate_pgp_key("bob", "rsa_2048", by="admin")
+    (data_dir / "invoice.csv").write_text("invoice,amount\nINV-1,100\n")
+    job = make_job(
+        [
+            (
+                "pgp.encrypt",
+                {
+                    "input_path": str(data_dir / "invoice.csv"),
+                    "recipient_key_ids": [str(alice.pk), str(bob.pk)],
+                    "signing_key_id": str(alice.pk),
+                    "output_path": str(data_dir / "out") + "/",
+                },
+            ),
+            (
+                "pgp.decrypt",
+                {
+                    "input_path": "context:0.encrypted_files",
+                    "private_key_id": str(bob.pk),
+                    "output_path": str(data_dir / "plain") + "/",
+                    "verify_signature": True,
+                },
+            ),
+        ]
+    )
+    execution = run_inline(job)
+
+    assert execution.state == "completed", execution.error_message
+    encrypted = (data_dir / "out" / "invoice.csv.pgp").read_bytes()
+    assert b"INV-1" not in encrypted
+    assert (data_dir / "plain" / "invoice.csv").read_text() == "invoice,amount\nINV-1,100\n"
+    signature = execution.context_snapshot["values"]["1.signature"][0]
+    assert signature["valid"] and signature["signer_fingerprint"] == alice.fingerprint
+
+
+def test_a_file_encrypted_by_the_gpg_command_line_decrypts_in_courier(data_dir: Path, tmp_path: Path) -> None:
+    ours = generate_pgp_key("ours", "rsa_3072", by="admin")
+    home = tmp_path / "partner-gpg"
+    home.mkdir(mode=0o700)
+    subprocess.run(
+        ["gpg", "--homedir", str(home), "--batch", "--import"],
+        input=ours.public_key_data.encode(),
+        check=True,
+        capture_output=True,
+    )
+    (tmp_path / "report.txt").write_text("from the partner")
+    subprocess.run(
+        [
+            "gpg",
+            "--homedir",
+            str(home),
+            "--batch",
+            "--trust-model",
+            "always",
+            "--recipient",
+            ours.fingerprint,
+            "--output",
+            str(data_dir / "report.txt.gpg"),
+            "--encrypt",
+            str(tmp_path / "report.txt"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    job = make_job([("pgp.decrypt", {"input_path": str(data_dir / "report.txt.gpg")})])
+    execution = run_inline(job)
+    assert execution.state == "completed", execution.error_message
+    assert (data_dir / "report.txt").read_text() == "from the partner"
+
+
+def test_tampered_ciphertext_fails_the_step(data_dir: Path) -> None:
+    key = generate_pgp_key("k", "ecc_p256", by="admin")
+    (data_dir / "a.txt").write_text("secret payload " * 100)
+    run_inline(make_job([("pgp.encrypt", {"input_path": str(data_dir / "a.txt"), "recipient_key_ids": str(key.pk)})]))
+    blob = bytearray((data_dir / "a.txt.pgp").read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    (data_dir / "b.txt.pgp").write_bytes(bytes(blob))
+    execution = run_inline(make_job([("pgp.decrypt", {"input_path": str(data_dir / "b.txt.pgp")})]))
+    assert execution.state == "failed" and "decryption of b.txt.pgp failed" in execution.error_message
+    assert not (data_dir / "b.txt").exists()
+
+
+def test_revoked_keys_cannot_be_encrypted_to_and_retired_ones_hand_over(data_dir: Path) -> None:
+    old, new = (
+        generate_pgp_key("old", "ecc_curve25519", by="admin"),
+        generate_pgp_key("new", "ecc_curve25519", by="admin"),
+    )
+    (data_dir / "a.txt").write_text("x")
+    PgpKey.objects.filter(pk=old.pk).update(successor_key=new)
+    lifecycle.retire(PgpKey.objects.get(pk=old.pk), by="admin")
+    handed = run_inline(
+        make_job([("pgp.encrypt", {"input_path": str(data_dir / "a.txt"), "recipient_key_ids": str(old.pk)})])
+    )
+    assert handed.state == "completed", handed.error_message
+    assert "successor" in handed.context_snapshot["values"]["0.notes"][0]
+
+    lifecycle.revoke(PgpKey.objects.get(pk=new.pk), by="admin")
+    refused = run_inline(
+        make_job([("pgp.encrypt", {"input_path": str(data_dir / "a.txt"), "recipient_key_ids": str(new.pk)})])
+    )
+    assert refused.state == "failed" and "[E4003]" in refused.error_message
