@@ -236,3 +236,126 @@ class DecryptStep(StepType):
         return StepResult(
             outputs={"decrypted_files": outputs, "signature": signatures}, bytes_processed=total, files=outputs
         )
+
+
+@register
+class SignStep(StepType):
+    type_key = "pgp.sign"
+    label = "PGP sign"
+    description = "Sign a file: detached signature, inline signed message, or clear-text signature."
+    fields = (
+        ConfigField("input_path", "string", required=True, help="File to sign."),
+        ConfigField("signing_key_id", "string", required=True, help="Key pair that signs."),
+        ConfigField(
+            "mode",
+            "string",
+            default="detached",
+            choices=("detached", "inline", "clear"),
+            help="detached: <file>.sig beside the file; inline: signed message; clear: readable text.",
+        ),
+        ConfigField("armor", "boolean", default=True, help="ASCII armor."),
+        ConfigField("output_path", "string", help="Where to write the signature or signed file."),
+    )
+    outputs = ("signature_file",)
+
+    def prepare(self, config: dict[str, Any]) -> dict[str, Any]:
+        key = _key(config["signing_key_id"], "sign", "pgp.sign")
+        lifecycle.check_use(key, "sign")
+        if not key.private_key_data:
+            raise StepFailed(f"signing key '{key.name}' has no private half")
+        _audit_use(key, "sign")
+        return {"signer": _material(key)}
+
+    def execute(self, config: dict[str, Any], context: StepContext, cancel: CancelToken) -> StepResult:
+        source = select_sources(config["input_path"], context)[0]
+        mode = config.get("mode") or "detached"
+        suffix = {"detached": ".sig" if not config.get("armor", True) else ".asc", "inline": ".gpg", "clear": ".asc"}
+        target = _output_for(source, config.get("output_path"), suffix[mode], True, context)
+        signer = context.prepared["signer"]
+        with gnupg_home() as gpg:
+            gpg.import_keys(signer["secret"], passphrase=signer["passphrase"])
+            reader = _CancellableReader(source, context, cancel)
+            try:
+                result = gpg.sign_file(
+                    reader,
+                    keyid=signer["fingerprint"],
+                    passphrase=signer["passphrase"],
+                    detach=mode == "detached",
+                    clearsign=mode == "clear",
+                    binary=not config.get("armor", True),
+                    output=str(target),
+                )
+            finally:
+                reader.close()
+            if cancel.requested:
+                target.unlink(missing_ok=True)
+                raise Cancelled(cancel.reason or "cancel")
+            if not result.fingerprint:
+                target.unlink(missing_ok=True)
+                raise StepFailed(f"signing {source.name} failed: {result.status}")
+        return StepResult(
+            outputs={"signature_file": str(target)}, bytes_processed=source.stat().st_size, files=[str(target)]
+        )
+
+
+@register
+class VerifyStep(StepType):
+    type_key = "pgp.verify"
+    label = "PGP verify"
+    description = "Verify a signature; the step fails on an invalid, unknown, expired or revoked signature."
+    fields = (
+        ConfigField(
+            "input_path", "string", required=True, help="The signed file (or the data of a detached signature)."
+        ),
+        ConfigField("signature_path", "string", help="Detached signature file; empty for inline/clear-signed files."),
+        ConfigField("expected_signer", "string", help="Key store id or fingerprint the signature must come from."),
+    )
+    outputs = ("verify_status", "signer_fingerprint")
+
+    def prepare(self, config: dict[str, Any]) -> dict[str, Any]:
+        from keystore.models import PgpKey
+
+        keys = list(PgpKey.all_objects.exclude(status="deleted"))
+        return {
+            "keys": [
+                {
+                    "fingerprint": k.fingerprint,
+                    "public": k.public_key_data,
+                    "status": k.status,
+                    "id": str(k.pk),
+                    "name": k.name,
+                }
+                for k in keys
+            ]
+        }
+
+    def execute(self, config: dict[str, Any], context: StepContext, cancel: CancelToken) -> StepResult:
+        data = resolve_path(config["input_path"], context.work_dir, context.allowed_roots)
+        known = {key["fingerprint"]: key for key in context.prepared["keys"]}
+        with gnupg_home() as gpg:
+            for key in known.values():
+                gpg.import_keys(key["public"])
+            if config.get("signature_path"):
+                signature = resolve_path(config["signature_path"], context.work_dir, context.allowed_roots)
+                result = gpg.verify_file(str(signature), data_filename=str(data))
+            else:
+                with data.open("rb") as handle:
+                    result = gpg.verify_file(handle)
+        cancel.check()
+        fingerprint = result.pubkey_fingerprint or result.fingerprint
+        if not result.valid:
+            reason = "unknown signer" if result.status == "no public key" else (result.status or "invalid")
+            raise StepFailed(f"signature on {data.name} is not valid: {reason}")
+        signer = known.get(fingerprint) or next(
+            (key for key in known.values() if fingerprint and key["fingerprint"].endswith(fingerprint[-16:])), None
+        )
+        if signer is None:
+            raise StepFailed(f"signature on {data.name} comes from a key not in the key store ({fingerprint})")
+        if signer["status"] == "revoked":
+            raise StepFailed(f"signature on {data.name} was made by revoked key '{signer['name']}'")
+        if result.key_status or getattr(result, "expired", False):
+            raise StepFailed(f"signature on {data.name} was made by an expired or revoked key ({result.key_status})")
+        expected = config.get("expected_signer")
+        if expected and expected not in (signer["id"], signer["fingerprint"]):
+            raise StepFailed(f"signature on {data.name} is from '{signer['name']}', not the expected signer")
+        return StepResult(outputs={"verify_status": "valid", "signer_fingerprint": signer["fingerprint"]})

@@ -125,3 +125,48 @@ def test_revoked_keys_cannot_be_encrypted_to_and_retired_ones_hand_over(data_dir
         make_job([("pgp.encrypt", {"input_path": str(data_dir / "a.txt"), "recipient_key_ids": str(new.pk)})])
     )
     assert refused.state == "failed" and "[E4003]" in refused.error_message
+
+
+@pytest.mark.parametrize("mode", ["detached", "inline", "clear"])
+def test_sign_then_verify_each_mode(data_dir: Path, mode: str) -> None:
+    signer = generate_pgp_key(f"signer-{mode}", "ecc_curve25519", by="admin")
+    (data_dir / "statement.txt").write_text("balance 100\n")
+    verify = {"input_path": "context:0.signature_file", "expected_signer": str(signer.pk)}
+    if mode == "detached":
+        verify = {
+            "input_path": str(data_dir / "statement.txt"),
+            "signature_path": "context:0.signature_file",
+            "expected_signer": signer.fingerprint,
+        }
+    job = make_job(
+        [
+            (
+                "pgp.sign",
+                {"input_path": str(data_dir / "statement.txt"), "signing_key_id": str(signer.pk), "mode": mode},
+            ),
+            ("pgp.verify", verify),
+        ]
+    )
+    execution = run_inline(job)
+    assert execution.state == "completed", execution.error_message
+    assert execution.context_snapshot["values"]["1.signer_fingerprint"] == signer.fingerprint
+
+
+def test_verify_fails_on_tampered_data_unknown_and_revoked_signers(data_dir: Path) -> None:
+    signer = generate_pgp_key("signer", "ecc_p256", by="admin")
+    (data_dir / "doc.txt").write_text("original")
+    run_inline(make_job([("pgp.sign", {"input_path": str(data_dir / "doc.txt"), "signing_key_id": str(signer.pk)})]))
+    detached = {"input_path": str(data_dir / "doc.txt"), "signature_path": str(data_dir / "doc.txt.asc")}
+
+    (data_dir / "doc.txt").write_text("tampered")
+    tampered = run_inline(make_job([("pgp.verify", detached)]))
+    assert tampered.state == "failed" and "not valid" in tampered.error_message
+
+    (data_dir / "doc.txt").write_text("original")
+    lifecycle.revoke(PgpKey.objects.get(pk=signer.pk), by="admin")
+    revoked = run_inline(make_job([("pgp.verify", detached)]))
+    assert revoked.state == "failed" and "revoked" in revoked.error_message
+
+    lifecycle.delete(PgpKey.all_objects.get(pk=signer.pk), by="admin")
+    unknown = run_inline(make_job([("pgp.verify", detached)]))
+    assert unknown.state == "failed" and "unknown signer" in unknown.error_message
