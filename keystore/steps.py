@@ -61,6 +61,25 @@ def _material(key: Any) -> dict[str, Any]:
     }
 
 
+# FIPS mode (SPEC 5): RSA >= 2048 and NIST curves, AES and SHA-2 only.
+FIPS_ALGORITHMS = {"rsa_2048", "rsa_3072", "rsa_4096", "ecc_p256", "ecc_p384"}
+FIPS_GPG_ARGS = ["--cipher-algo", "AES256", "--digest-algo", "SHA256"]
+
+
+def _fips() -> bool:
+    from system.values import setting_bool
+
+    return setting_bool("security.fips_mode_enabled", True)
+
+
+def _check_fips(key: Any) -> None:
+    if _fips() and key.algorithm not in FIPS_ALGORITHMS:
+        raise StepFailed(
+            f"key '{key.name}' ({key.algorithm}) is not allowed in FIPS mode: "
+            "use RSA 2048+ or NIST P-256/P-384, or turn security.fips_mode_enabled off"
+        )
+
+
 def _audit_use(key: Any, use: str) -> None:
     AuditLogEntry.objects.record(
         entity_type="pgp_key",
@@ -114,17 +133,19 @@ class EncryptStep(StepType):
             key, note = lifecycle.encryption_key(_key(key_id, "encrypt", "pgp.encrypt"))
             if note:
                 notes.append(note)
+            _check_fips(key)
             _audit_use(key, "encrypt")
             recipients.append(_material(key))
         signer = None
         if config.get("signing_key_id"):
             key = _key(config["signing_key_id"], "sign", "pgp.encrypt")
             lifecycle.check_use(key, "sign")
+            _check_fips(key)
             if not key.private_key_data:
                 raise StepFailed(f"signing key '{key.name}' has no private half")
             _audit_use(key, "sign")
             signer = _material(key)
-        return {"recipients": recipients, "signer": signer, "notes": notes}
+        return {"recipients": recipients, "signer": signer, "notes": notes, "fips": _fips()}
 
     def execute(self, config: dict[str, Any], context: StepContext, cancel: CancelToken) -> StepResult:
         prepared = context.prepared
@@ -132,6 +153,8 @@ class EncryptStep(StepType):
         suffix = ".asc" if config.get("armor") else ".pgp"
         outputs, total = [], 0
         extra = [] if config.get("compress") else ["--compress-algo", "none"]
+        if prepared.get("fips"):
+            extra += FIPS_GPG_ARGS
         with gnupg_home() as gpg:
             for recipient in prepared["recipients"]:
                 gpg.import_keys(recipient["public"])
@@ -261,6 +284,7 @@ class SignStep(StepType):
     def prepare(self, config: dict[str, Any]) -> dict[str, Any]:
         key = _key(config["signing_key_id"], "sign", "pgp.sign")
         lifecycle.check_use(key, "sign")
+        _check_fips(key)
         if not key.private_key_data:
             raise StepFailed(f"signing key '{key.name}' has no private half")
         _audit_use(key, "sign")

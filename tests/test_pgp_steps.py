@@ -24,7 +24,7 @@ def data_dir(settings, tmp_path):
 
 
 def test_encrypt_to_two_recipients_signed_then_decrypt_and_verify(data_dir: Path) -> None:
-    alice = generate_pgp_key("alice", "ecc_curve25519", by="admin")
+    alice = generate_pgp_key("alice", "ecc_p256", by="admin")
     bob = generate_pgp_key("bob", "rsa_2048", by="admin")
     (data_dir / "invoice.csv").write_text("invoice,amount\nINV-1,100\n")
     job = make_job(
@@ -108,8 +108,8 @@ def test_tampered_ciphertext_fails_the_step(data_dir: Path) -> None:
 
 def test_revoked_keys_cannot_be_encrypted_to_and_retired_ones_hand_over(data_dir: Path) -> None:
     old, new = (
-        generate_pgp_key("old", "ecc_curve25519", by="admin"),
-        generate_pgp_key("new", "ecc_curve25519", by="admin"),
+        generate_pgp_key("old", "ecc_p256", by="admin"),
+        generate_pgp_key("new", "ecc_p256", by="admin"),
     )
     (data_dir / "a.txt").write_text("x")
     PgpKey.objects.filter(pk=old.pk).update(successor_key=new)
@@ -129,7 +129,7 @@ def test_revoked_keys_cannot_be_encrypted_to_and_retired_ones_hand_over(data_dir
 
 @pytest.mark.parametrize("mode", ["detached", "inline", "clear"])
 def test_sign_then_verify_each_mode(data_dir: Path, mode: str) -> None:
-    signer = generate_pgp_key(f"signer-{mode}", "ecc_curve25519", by="admin")
+    signer = generate_pgp_key(f"signer-{mode}", "ecc_p384", by="admin")
     (data_dir / "statement.txt").write_text("balance 100\n")
     verify = {"input_path": "context:0.signature_file", "expected_signer": str(signer.pk)}
     if mode == "detached":
@@ -170,3 +170,64 @@ def test_verify_fails_on_tampered_data_unknown_and_revoked_signers(data_dir: Pat
     lifecycle.delete(PgpKey.all_objects.get(pk=signer.pk), by="admin")
     unknown = run_inline(make_job([("pgp.verify", detached)]))
     assert unknown.state == "failed" and "unknown signer" in unknown.error_message
+
+
+@pytest.mark.parametrize("algorithm", ["rsa_2048", "rsa_3072", "rsa_4096", "ecc_curve25519", "ecc_p256", "ecc_p384"])
+def test_round_trip_for_every_algorithm(data_dir: Path, algorithm: str, settings) -> None:
+    from system.models import SystemSetting
+
+    SystemSetting.objects.filter(key="security.fips_mode_enabled").update(value="false")
+    key = generate_pgp_key(f"k-{algorithm}", algorithm, by="admin")
+    (data_dir / "f.bin").write_bytes(bytes(range(256)) * 100)
+    job = make_job(
+        [
+            ("pgp.encrypt", {"input_path": str(data_dir / "f.bin"), "recipient_key_ids": str(key.pk), "armor": True}),
+            (
+                "pgp.decrypt",
+                {
+                    "input_path": "context:0.encrypted_files",
+                    "private_key_id": str(key.pk),
+                    "output_path": str(data_dir / "back.bin"),
+                },
+            ),
+        ]
+    )
+    execution = run_inline(job)
+    assert execution.state == "completed", execution.error_message
+    assert (data_dir / "back.bin").read_bytes() == bytes(range(256)) * 100
+
+
+def test_fips_mode_refuses_curve25519_keys(data_dir: Path) -> None:
+    key = generate_pgp_key("modern", "ecc_curve25519", by="admin")
+    (data_dir / "a.txt").write_text("x")
+    execution = run_inline(
+        make_job([("pgp.encrypt", {"input_path": str(data_dir / "a.txt"), "recipient_key_ids": str(key.pk)})])
+    )
+    assert execution.state == "failed" and "not allowed in FIPS mode" in execution.error_message
+
+
+def test_a_file_encrypted_by_courier_decrypts_with_the_gpg_command_line(data_dir: Path, tmp_path: Path) -> None:
+    import json
+
+    from courier_site.envelope import keyring
+
+    key = generate_pgp_key("for-partner", "rsa_2048", by="admin")
+    (data_dir / "out.txt").write_text("to the partner")
+    assert (
+        run_inline(
+            make_job([("pgp.encrypt", {"input_path": str(data_dir / "out.txt"), "recipient_key_ids": str(key.pk)})])
+        ).state
+        == "completed"
+    )
+    home = tmp_path / "partner"
+    home.mkdir(mode=0o700)
+    secret = json.loads(keyring().open_text(PgpKey.objects.get(pk=key.pk).private_key_data))["armored"]
+    subprocess.run(
+        ["gpg", "--homedir", str(home), "--batch", "--import"], input=secret.encode(), check=True, capture_output=True
+    )
+    result = subprocess.run(
+        ["gpg", "--homedir", str(home), "--batch", "--decrypt", str(data_dir / "out.txt.pgp")],
+        capture_output=True,
+        check=True,
+    )
+    assert result.stdout == b"to the partner"
