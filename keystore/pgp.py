@@ -46,7 +46,11 @@ def gnupg_home() -> Iterator[gnupg.GPG]:
     home = tempfile.mkdtemp(prefix="courier-gnupg-")
     try:
         Path(home).chmod(0o700)
-        yield gnupg.GPG(gnupghome=home)
+        gpg = gnupg.GPG(gnupghome=home)
+        # python-gnupg feeds gpg's stdin 16 KiB at a time; 1 MiB blocks keep the Python
+        # side out of the way on large files.
+        gpg.buffer_size = 1024 * 1024
+        yield gpg
     finally:
         shutil.rmtree(home, ignore_errors=True)
 

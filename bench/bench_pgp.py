@@ -1,0 +1,137 @@
+"""PGP encrypt/decrypt of 1 GiB through Courier's steps against the gpg command line (SPEC 9: >= 90 %)."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from bench.support import Figure, Report, scratch_database
+
+
+def _rate(size: int, seconds: float) -> float:
+    return size / seconds / 1024 / 1024
+
+
+def run(*, quick: bool = False) -> Report:
+    from django.conf import settings
+
+    from courier_site.envelope import keyring
+    from jobs.steps.base import CancelToken, StepContext
+    from keystore.services import generate_pgp_key
+    from keystore.steps import DecryptStep, EncryptStep
+
+    size = (128 if quick else 1024) * 1024 * 1024
+    report = Report(f"PGP of {size // 1024 // 1024} MiB, binary, no compression")
+    work = Path(tempfile.mkdtemp(prefix="courier-bench-pgp-"))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        with scratch_database():
+            settings.COURIER_DATA_DIR = work
+            key = generate_pgp_key("bench", "rsa_3072", by="bench")
+            source = work / "payload.bin"
+            with source.open("wb") as handle:
+                for _ in range(size // (1024 * 1024)):
+                    handle.write(os.urandom(1024 * 1024))
+            home = work / "cli-home"
+            home.mkdir(mode=0o700)
+            secret = json.loads(keyring().open_text(key.private_key_data))["armored"]
+            subprocess.run(
+                ["gpg", "--homedir", str(home), "--batch", "--import"],
+                input=secret.encode(),
+                check=True,
+                capture_output=True,
+            )
+            cli = [
+                "gpg",
+                "--homedir",
+                str(home),
+                "--batch",
+                "--yes",
+                "--trust-model",
+                "always",
+                "--compress-algo",
+                "none",
+                "--cipher-algo",
+                "AES256",
+                "--digest-algo",
+                "SHA256",
+            ]
+            started = time.perf_counter()
+            subprocess.run(
+                [*cli, "--recipient", key.fingerprint, "--output", str(work / "cli.pgp"), "--encrypt", str(source)],
+                check=True,
+                capture_output=True,
+            )
+            cli_encrypt = time.perf_counter() - started
+            started = time.perf_counter()
+            subprocess.run(
+                [*cli, "--output", str(work / "cli.out"), "--decrypt", str(work / "cli.pgp")],
+                check=True,
+                capture_output=True,
+            )
+            cli_decrypt = time.perf_counter() - started
+
+            context = StepContext("bench", work, {}, CancelToken(), allowed_roots=(work,))
+            encrypt = EncryptStep()
+            config = encrypt.with_defaults(
+                {"input_path": str(source), "recipient_key_ids": str(key.pk), "output_path": str(work / "courier.pgp")}
+            )
+            context.prepared = encrypt.prepare(config)
+            started = time.perf_counter()
+            encrypt.execute(config, context, CancelToken())
+            courier_encrypt = time.perf_counter() - started
+            decrypt = DecryptStep()
+            config = decrypt.with_defaults(
+                {
+                    "input_path": str(work / "courier.pgp"),
+                    "private_key_id": str(key.pk),
+                    "output_path": str(work / "courier.out"),
+                }
+            )
+            context.prepared = decrypt.prepare(config)
+            started = time.perf_counter()
+            decrypt.execute(config, context, CancelToken())
+            courier_decrypt = time.perf_counter() - started
+            if (work / "courier.out").stat().st_size != size:
+                raise RuntimeError("the decrypted file does not have the original size")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report.figures.append(
+        Figure(
+            "encrypt",
+            _rate(size, courier_encrypt),
+            "MiB/s",
+            "gpg --encrypt",
+            _rate(size, cli_encrypt),
+            target_ratio=0.9,
+        )
+    )
+    report.figures.append(
+        Figure(
+            "decrypt",
+            _rate(size, courier_decrypt),
+            "MiB/s",
+            "gpg --decrypt",
+            _rate(size, cli_decrypt),
+            target_ratio=0.9,
+        )
+    )
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    report.figures.append(
+        Figure(
+            "peak RSS of the Courier process",
+            peak,
+            "MB",
+            "RSS before",
+            before / 1024,
+            target_absolute=150,
+            higher_is_better=False,
+        )
+    )
+    return report
