@@ -7,10 +7,12 @@ from django.urls import path
 from django.views.generic import RedirectView
 
 from courier_site import health
+from keystore.views import shared_public_key
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="admin:index", permanent=False)),
     path("admin/", admin.site.urls),
     path("health/", health.health, name="health"),
     path("health/partitions", health.health_partitions, name="health-partitions"),
+    path("share/<str:token>/", shared_public_key, name="shared-public-key"),
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
@@ -22,6 +23,8 @@ from keystore import lifecycle
 from keystore.forms import PgpKeyAddForm, PgpKeyChangeForm, SshKeyAddForm
 from keystore.models import PgpKey, PublicKeyShareToken, SshKey
 from keystore.services import export_private_pgp_key, save_pgp_key, save_ssh_key
+from keystore.sharing import create_link, revoke_link
+from system.values import setting_bool, setting_int
 
 
 @admin.register(PgpKey)
@@ -291,10 +294,69 @@ class SshKeyAdmin(SoftDeleteAdmin):
         return response
 
 
+class ShareLinkForm(forms.ModelForm):
+    key_choice = forms.ChoiceField(label="Key", help_text="The public key to share.")
+    days = forms.IntegerField(min_value=1, initial=7, help_text="The link stops working after this many days.")
+
+    class Meta:
+        model = PublicKeyShareToken
+        fields = ()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        choices = [
+            (f"pgp:{key.pk}", f"PGP {key.name} ({key.short_key_id})")
+            for key in PgpKey.objects.exclude(status__in=("revoked", "deleted"))
+        ]
+        choices += [(f"ssh:{key.pk}", f"SSH {key.name}") for key in SshKey.objects.all()]
+        self.fields["key_choice"].choices = choices
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if not setting_bool("security.public_key_share_links_enabled", False):
+            raise forms.ValidationError(
+                "[E4004] share links are disabled (system setting security.public_key_share_links_enabled)"
+            )
+        longest = setting_int("security.max_share_link_days", 30)
+        if data.get("days") and data["days"] > longest:
+            self.add_error("days", f"[E4004] a share link lasts at most {longest} days")
+        return data
+
+
 @admin.register(PublicKeyShareToken)
 class PublicKeyShareTokenAdmin(ModelAdmin):
+    form = ShareLinkForm
     list_display = ("key_type", "key_id", "expires_at", "revoked_at", "download_count", "created_by", "created_at")
     list_filter = ("key_type", "expires_at", "revoked_at")
-    search_fields = ("key_id", "created_by")
-    readonly_fields = ("download_count", "created_at")
-    exclude = ("token_hash",)
+    search_fields = ("=key_id", "created_by")
+    actions = ["revoke_links"]
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return (
+            ("key_choice", "days")
+            if obj is None
+            else ("key_type", "key_id", "expires_at", "revoked_at", "download_count", "created_by", "created_at")
+        )
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return () if obj is None else self.get_fields(request, obj)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False if obj is not None else super().has_change_permission(request, obj)
+
+    def save_model(self, request: HttpRequest, obj: PublicKeyShareToken, form: Any, change: bool) -> None:
+        kind, _, key_id = form.cleaned_data["key_choice"].partition(":")
+        key = (PgpKey if kind == "pgp" else SshKey).objects.get(pk=key_id)
+        try:
+            link, token = create_link(kind, key, days=form.cleaned_data["days"], by=request.user)
+        except CourierError as error:
+            raise PermissionDenied(str(error)) from error
+        obj.__dict__.update({name: value for name, value in link.__dict__.items() if not name.startswith("_")})
+        url = request.build_absolute_uri(reverse("shared-public-key", args=[token]))
+        messages.warning(request, f"Share link (shown once, copy it now): {url}")
+
+    @admin.action(description="Revoke selected share links")
+    def revoke_links(self, request: HttpRequest, queryset: Any) -> None:
+        for link in queryset.filter(revoked_at__isnull=True):
+            revoke_link(link, by=request.user)
+        messages.success(request, "Revoked the selected share links.")
