@@ -223,6 +223,7 @@ class DecryptStep(StepType):
     def execute(self, config: dict[str, Any], context: StepContext, cancel: CancelToken) -> StepResult:
         sources = select_sources(config["input_path"], context)
         outputs, signatures, total = [], [], 0
+        audit: list[tuple[str, str, str, dict[str, Any]]] = []
         with gnupg_home() as gpg:
             for verifier in context.prepared["verifiers"]:
                 gpg.import_keys(verifier["public"])
@@ -256,8 +257,14 @@ class DecryptStep(StepType):
                 signatures.append(signature)
                 outputs.append(str(target))
                 total += source.stat().st_size
+                # The key gpg used is not reported reliably; every key pair offered is named.
+                for pair in context.prepared["pairs"]:
+                    audit.append(("pgp_key", pair["id"], "used_to_decrypt", {"file": source.name}))
         return StepResult(
-            outputs={"decrypted_files": outputs, "signature": signatures}, bytes_processed=total, files=outputs
+            outputs={"decrypted_files": outputs, "signature": signatures},
+            bytes_processed=total,
+            files=outputs,
+            audit=audit,
         )
 
 
@@ -382,4 +389,7 @@ class VerifyStep(StepType):
         expected = config.get("expected_signer")
         if expected and expected not in (signer["id"], signer["fingerprint"]):
             raise StepFailed(f"signature on {data.name} is from '{signer['name']}', not the expected signer")
-        return StepResult(outputs={"verify_status": "valid", "signer_fingerprint": signer["fingerprint"]})
+        return StepResult(
+            outputs={"verify_status": "valid", "signer_fingerprint": signer["fingerprint"]},
+            audit=[("pgp_key", signer["id"], "used_to_verify", {"file": data.name})],
+        )

@@ -231,3 +231,35 @@ def test_a_file_encrypted_by_courier_decrypts_with_the_gpg_command_line(data_dir
         check=True,
     )
     assert result.stdout == b"to the partner"
+
+
+def test_every_use_of_a_key_is_audited(data_dir: Path) -> None:
+    from audit.models import AuditLogEntry
+
+    key = generate_pgp_key("audited", "ecc_p256", by="admin")
+    (data_dir / "a.txt").write_text("x")
+    job = make_job(
+        [
+            (
+                "pgp.encrypt",
+                {
+                    "input_path": str(data_dir / "a.txt"),
+                    "recipient_key_ids": str(key.pk),
+                    "signing_key_id": str(key.pk),
+                },
+            ),
+            (
+                "pgp.decrypt",
+                {
+                    "input_path": "context:0.encrypted_files",
+                    "private_key_id": str(key.pk),
+                    "output_path": str(data_dir / "b.txt"),
+                },
+            ),
+            ("pgp.sign", {"input_path": str(data_dir / "b.txt"), "signing_key_id": str(key.pk)}),
+            ("pgp.verify", {"input_path": str(data_dir / "b.txt"), "signature_path": "context:2.signature_file"}),
+        ]
+    )
+    assert run_inline(job).state == "completed"
+    operations = set(AuditLogEntry.objects.filter(entity_id=key.pk).values_list("operation", flat=True))
+    assert {"generated", "used_to_encrypt", "used_to_sign", "used_to_decrypt", "used_to_verify"} <= operations

@@ -338,6 +338,14 @@ class ExecutionRunner:
             row.save()
             self._save_snapshot()
             self._audit_step(row, "completed", {"duration_ms": row.duration_ms, "bytes": row.bytes_processed})
+            for entity_type, entity_id, operation, details in result.audit:
+                AuditLogEntry.objects.record(
+                    entity_type=entity_type,
+                    entity_id=entity_id,
+                    operation=operation,
+                    performed_by="system",
+                    details={"job_execution_id": str(self.execution.pk), **details},
+                )
 
     def _fail_step_row(self, row: Any, error: Exception, started: float) -> None:
         with transaction.atomic():
