@@ -27,8 +27,59 @@ from keystore.sharing import create_link, revoke_link
 from system.values import setting_bool, setting_int
 
 
+class KeyCreationMixin:
+    """Keys are generated or imported on the add page (its own form); later edits are audited.
+
+    Subclasses define store(request, obj, form, operation), which saves through keystore.services.
+    """
+
+    add_form: Any = None
+    change_form: Any = None
+    add_fields: tuple[str, ...] = ()
+    audit_entity_type = ""
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        if obj is None:
+            kwargs["form"] = self.add_form
+            kwargs["fields"] = self.add_fields
+        elif self.change_form is not None:
+            kwargs["form"] = self.change_form
+        return super().get_form(request, obj, change, **kwargs)
+
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
+        if obj is None:
+            return [(None, {"fields": self.add_fields})]
+        return super().get_fieldsets(request, obj)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return () if obj is None else self.readonly_fields
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            AuditLogEntry.objects.record(
+                entity_type=self.audit_entity_type,
+                entity_id=obj.pk,
+                operation="changed",
+                performed_by=request.user,
+                details={"fields": form.changed_data},
+            )
+            return
+        operation = "imported" if form.cleaned_data.get("mode") == "import" else "generated"
+        key = self.store(request, obj, form, operation)
+        # The admin goes on with this object (messages, redirect): make it the stored key.
+        obj.__dict__.update({name: value for name, value in key.__dict__.items() if not name.startswith("_")})
+
+
 @admin.register(PgpKey)
-class PgpKeyAdmin(SoftDeleteAdmin):
+class PgpKeyAdmin(KeyCreationMixin, SoftDeleteAdmin):
+    add_form = PgpKeyAddForm
+    change_form = PgpKeyChangeForm
+    audit_entity_type = "pgp_key"
+
+    def store(self, request: HttpRequest, obj: Any, form: Any, operation: str) -> Any:
+        return save_pgp_key(obj.name, form.material, by=request.user, operation=operation, purpose=obj.purpose or "")
+
     list_display = (
         "name",
         "short_key_id",
@@ -93,14 +144,6 @@ class PgpKeyAdmin(SoftDeleteAdmin):
 
     actions = ["retire_keys", "revoke_keys"]
 
-    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
-        if obj is None:
-            kwargs["form"] = PgpKeyAddForm
-            kwargs["fields"] = self.add_fields
-        else:
-            kwargs["form"] = PgpKeyChangeForm
-        return super().get_form(request, obj, change, **kwargs)
-
     @admin.action(description="Retire selected keys (decrypt and verify only)", permissions=["change"])
     def retire_keys(self, request: HttpRequest, queryset: Any) -> None:
         done = 0
@@ -130,29 +173,6 @@ class PgpKeyAdmin(SoftDeleteAdmin):
         for key in queryset:
             lifecycle.delete(key, by=request.user)
         messages.info(request, "Deleted keys keep their public half for history; private material was wiped.")
-
-    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
-        if obj is None:
-            return [(None, {"fields": self.add_fields})]
-        return super().get_fieldsets(request, obj)
-
-    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
-        return () if obj is None else self.readonly_fields
-
-    def save_model(self, request: HttpRequest, obj: PgpKey, form: Any, change: bool) -> None:
-        if change:
-            super().save_model(request, obj, form, change)
-            AuditLogEntry.objects.record(
-                entity_type="pgp_key",
-                entity_id=obj.pk,
-                operation="changed",
-                performed_by=request.user,
-                details={"fields": form.changed_data},
-            )
-            return
-        operation = "imported" if form.cleaned_data.get("mode") == "import" else "generated"
-        key = save_pgp_key(obj.name, form.material, by=request.user, operation=operation, purpose=obj.purpose or "")
-        obj.__dict__.update({name: value for name, value in key.__dict__.items() if not name.startswith("_")})
 
     def get_urls(self) -> list[Any]:
         return [
@@ -207,7 +227,14 @@ class PgpKeyAdmin(SoftDeleteAdmin):
 
 
 @admin.register(SshKey)
-class SshKeyAdmin(SoftDeleteAdmin):
+class SshKeyAdmin(KeyCreationMixin, SoftDeleteAdmin):
+    add_form = SshKeyAddForm
+    add_fields = ("name", "mode", "key_type", "private_key", "passphrase", "notes")
+    audit_entity_type = "ssh_key"
+
+    def store(self, request: HttpRequest, obj: Any, form: Any, operation: str) -> Any:
+        return save_ssh_key(obj.name, form.material, by=request.user, operation=operation, notes=obj.notes or "")
+
     list_display = ("name", "key_type", "fingerprint", "status", "created_by", "created_at", "public_link")
     list_filter = ("status", "key_type")
     search_fields = ("name", "fingerprint")
@@ -240,36 +267,6 @@ class SshKeyAdmin(SoftDeleteAdmin):
     @admin.display(description="")
     def public_link(self, obj: SshKey) -> str:
         return format_html('<a href="{}">Public key</a>', reverse("admin:keystore_sshkey_public", args=[obj.pk]))
-
-    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
-        if obj is None:
-            kwargs["form"] = SshKeyAddForm
-            kwargs["fields"] = ("name", "mode", "key_type", "private_key", "passphrase", "notes")
-        return super().get_form(request, obj, change, **kwargs)
-
-    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
-        if obj is None:
-            return [(None, {"fields": ("name", "mode", "key_type", "private_key", "passphrase", "notes")})]
-        return super().get_fieldsets(request, obj)
-
-    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
-        return () if obj is None else self.readonly_fields
-
-    def save_model(self, request: HttpRequest, obj: SshKey, form: Any, change: bool) -> None:
-        if change:
-            super().save_model(request, obj, form, change)
-            AuditLogEntry.objects.record(
-                entity_type="ssh_key",
-                entity_id=obj.pk,
-                operation="changed",
-                performed_by=request.user,
-                details={"fields": form.changed_data},
-            )
-            return
-        operation = "imported" if form.cleaned_data.get("mode") == "import" else "generated"
-        key = save_ssh_key(obj.name, form.material, by=request.user, operation=operation, notes=obj.notes or "")
-        # The admin goes on with this object (messages, redirect): make it the stored key.
-        obj.__dict__.update({name: value for name, value in key.__dict__.items() if not name.startswith("_")})
 
     def get_urls(self) -> list[Any]:
         return [
