@@ -38,6 +38,15 @@ class KeyCreationMixin:
     add_fields: tuple[str, ...] = ()
     audit_entity_type = ""
 
+    @admin.display(description="private key")
+    def private_state(self, obj: Any) -> str:
+        return yes_no(obj.private_key_data)
+
+    @admin.display(description="")
+    def public_link(self, obj: Any) -> str:
+        url = reverse(f"admin:keystore_{obj._meta.model_name}_public", args=[obj.pk])
+        return format_html('<a href="{}">Public key</a>', url)
+
     def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
         if obj is None:
             kwargs["form"] = self.add_form
@@ -133,14 +142,6 @@ class PgpKeyAdmin(KeyCreationMixin, SoftDeleteAdmin):
         "key_file",
         "passphrase",
     )
-
-    @admin.display(description="private key")
-    def private_state(self, obj: PgpKey) -> str:
-        return yes_no(obj.private_key_data)
-
-    @admin.display(description="")
-    def public_link(self, obj: PgpKey) -> str:
-        return format_html('<a href="{}">Public key</a>', reverse("admin:keystore_pgpkey_public", args=[obj.pk]))
 
     actions = ["retire_keys", "revoke_keys"]
 
@@ -259,14 +260,6 @@ class SshKeyAdmin(KeyCreationMixin, SoftDeleteAdmin):
         "created_at",
         "updated_at",
     )
-
-    @admin.display(description="private key")
-    def private_state(self, obj: SshKey) -> str:
-        return yes_no(obj.private_key_data)
-
-    @admin.display(description="")
-    def public_link(self, obj: SshKey) -> str:
-        return format_html('<a href="{}">Public key</a>', reverse("admin:keystore_sshkey_public", args=[obj.pk]))
 
     def get_urls(self) -> list[Any]:
         return [
