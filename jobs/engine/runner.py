@@ -490,7 +490,10 @@ class ExecutionRunner:
                     self.execution.pk, "queued", by="system", details={"reason": "worker shutdown"}, worker_name=None
                 )
             return "paused"
+        # The work directory goes before the final state is written: whoever sees the
+        # execution ended (an operator, a chain, a dependent job) never finds it still there.
         if outcome == "cancelled":
+            workdirs.remove_path(self.work_dir)
             control.transition(
                 self.execution.pk,
                 "cancelled",
@@ -499,11 +502,10 @@ class ExecutionRunner:
                 error_message=f"cancelled by {by}",
                 context_snapshot=self._snapshot_dict(),
             )
-            workdirs.remove_path(self.work_dir)
             return "cancelled"
         if outcome == "completed":
-            control.transition(self.execution.pk, "completed", context_snapshot=self._snapshot_dict())
             workdirs.remove_path(self.work_dir)
+            control.transition(self.execution.pk, "completed", context_snapshot=self._snapshot_dict())
             return "completed"
         control.transition(
             self.execution.pk,
