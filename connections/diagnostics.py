@@ -15,6 +15,8 @@ HINTS = {
     "then approve it under Known hosts (Admin).",
     "E3003": "Check host name, port, DNS and firewall rules between Courier and the partner.",
     "E3000": "The server answered but the session failed; the message names the protocol step.",
+    "E3004": "The connection's settings are refused here: choose a policy that verifies the server, "
+    "or ask an Admin about the system setting the message names.",
 }
 
 

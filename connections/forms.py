@@ -6,9 +6,9 @@ import re
 from typing import Any
 
 from django import forms
-from django.conf import settings
 
 from connections.models import Connection
+from connections.policy import ALLOW_IN_PRODUCTION, insecure_trust_allowed
 from system.values import setting_bool
 
 DEFAULT_PORTS = {"sftp": 22, "ftp": 21, "ftps": 21}
@@ -150,11 +150,9 @@ class ConnectionForm(forms.ModelForm):
         for field, wanted, already in insecure:
             if not wanted or already:
                 continue
-            if settings.IS_PRODUCTION and not setting_bool("security.insecure_trust_allow_production", False):
+            if not insecure_trust_allowed():
                 self._refuse(
-                    field,
-                    "insecure trust is not allowed in production "
-                    "(system setting security.insecure_trust_allow_production)",
+                    field, f"insecure trust is not allowed in production (system setting {ALLOW_IN_PRODUCTION})"
                 )
             elif not admin and setting_bool("security.insecure_trust_require_admin", True):
                 self._refuse(field, "only an Admin may choose an insecure trust policy")

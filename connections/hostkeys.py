@@ -13,6 +13,7 @@ from django.utils import timezone
 from audit.models import AuditLogEntry
 from audit.querysets import actor_name
 from connections.errors import HostKeyRejected
+from connections.policy import refuse_insecure_trust_in_production
 
 # known_hosts.approved_by of a key that was offered but not (yet) approved by an Admin.
 PENDING = ""
@@ -32,7 +33,8 @@ class HostKeyDecision:
 def verify(connection: Any, key_type: str, offered: str) -> HostKeyDecision:
     """Accept or refuse the host key a server offered; records and audits the decision.
 
-    Refusals raise HostKeyRejected [E3002] and leave the offered key pending for an Admin.
+    Refusals raise HostKeyRejected [E3002] and leave the offered key pending for an Admin;
+    always_trust where production forbids it raises ConnectionPolicyRefused [E3004].
     """
     from connections.models import Connection, KnownHost
 
@@ -48,6 +50,8 @@ def verify(connection: Any, key_type: str, offered: str) -> HostKeyDecision:
             "policy": locked.host_key_policy,
         }
         if locked.host_key_policy == Connection.HostKeyPolicy.ALWAYS_TRUST:
+            # Before any trust is granted (and before authentication): [E3004], audited by open_session.
+            refuse_insecure_trust_in_production(locked, "host key policy always_trust")
             AuditLogEntry.objects.record(
                 entity_type="connection",
                 entity_id=locked.pk,

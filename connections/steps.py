@@ -5,6 +5,7 @@ from __future__ import annotations
 import ftplib
 import hashlib
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,11 @@ def _check_connection(config: dict[str, Any], protocol: str, step_label: str) ->
     if connection.status != "active":
         return [f"{step_label}: connection '{connection.name}' is disabled"]
     return []
+
+
+def elapsed_ms(started: float) -> float:
+    """Milliseconds since a time.monotonic() reading, for audit records."""
+    return round((time.monotonic() - started) * 1000, 1)
 
 
 def with_retries(session: Any, retries: int, cancel: CancelToken, action: Any) -> Any:
@@ -165,6 +171,7 @@ class _Upload(_RemoteStep):
             raise StepFailed(f"remote file {target} exists and overwrite is false")
         written = target + TEMP_SUFFIX if config.get("atomic", True) else target
         size = source.stat().st_size
+        started = time.monotonic()  # the duration audited includes reconnects and retried tries
 
         def send() -> int:
             if written != target and session.stat(written) is not None:
@@ -178,7 +185,9 @@ class _Upload(_RemoteStep):
                 )
             if written != target:
                 session.rename(written, target)
-            session.events.append(("file_uploaded", {"file": target, "bytes": sent}))
+            session.events.append(
+                ("file_uploaded", {"file": target, "bytes": sent, "duration_ms": elapsed_ms(started)})
+            )
             return sent
 
         return with_retries(session, self.retries(session), cancel, send)
@@ -226,6 +235,7 @@ class _Download(_RemoteStep):
         self, session: Any, entry: Any, target: Path, retries: int, context: StepContext, cancel: CancelToken
     ) -> int:
         partial = target.with_name(target.name + PART_SUFFIX)
+        started = time.monotonic()  # the duration audited includes reconnects and retried tries
 
         def fetch() -> int:
             offset = partial.stat().st_size if partial.exists() else 0
@@ -241,7 +251,12 @@ class _Download(_RemoteStep):
             if size != entry.size:
                 raise RemoteFileError(f"download of {entry.name} incomplete: {size} of {entry.size} bytes")
             os.replace(partial, target)
-            session.events.append(("file_downloaded", {"file": entry.path, "bytes": size, "resumed_from": offset}))
+            session.events.append(
+                (
+                    "file_downloaded",
+                    {"file": entry.path, "bytes": size, "resumed_from": offset, "duration_ms": elapsed_ms(started)},
+                )
+            )
             return size
 
         return with_retries(session, retries, cancel, fetch)

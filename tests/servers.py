@@ -10,10 +10,12 @@ import socket
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 SFTP_USER = "courier-sftp-test"
 SFTP_PASSWORD = "sftp-Test-Password-42"
@@ -114,6 +116,45 @@ def ssh_server(
         process.wait(10)
 
 
+def sftp_folder(server: SshServer, name: str, files: dict[str, bytes] | None = None) -> Path:
+    """A folder in the SFTP account's home, with files, owned by the account (tests run as root)."""
+    account = pwd.getpwnam(SFTP_USER)
+    folder = server.home / name
+    folder.mkdir(parents=True)
+    os.chown(folder, account.pw_uid, account.pw_gid)
+    for file_name, content in (files or {}).items():
+        (folder / file_name).write_bytes(content)
+        os.chown(folder / file_name, account.pw_uid, account.pw_gid)
+    return folder
+
+
+def sftp_connection(server: SshServer, password: str = SFTP_PASSWORD, **overrides: Any) -> Any:
+    """A saved connection row that logs in to server as SFTP_USER with a password."""
+    from connections.models import Connection
+
+    fields = {
+        "name": f"partner-{uuid.uuid4().hex[:6]}",
+        "protocol": "sftp",
+        "host": "127.0.0.1",
+        "port": server.port,
+        "auth_method": "password",
+        "username": SFTP_USER,
+        **overrides,
+    }
+    connection = Connection(**fields)
+    connection.set_password(password)
+    connection.save()
+    return connection
+
+
+@dataclass
+class FtpTransfer:
+    command: str
+    path: str
+    completed: bool
+    bytes: int
+
+
 @dataclass
 class FtpServer:
     port: int
@@ -121,6 +162,23 @@ class FtpServer:
     user: str
     password: str
     certificate_der: bytes
+    # What clients really sent and received, as the server saw it (commands with PASS masked).
+    commands: list[str] = field(default_factory=list)
+    transfers: list[FtpTransfer] = field(default_factory=list)
+
+
+class _Recording:
+    """pyftpdlib handler mix-in noting every command and finished data transfer in `server_record`."""
+
+    server_record: FtpServer
+
+    def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
+        self.server_record.commands.append("PASS ******" if cmd == "PASS" else line)
+        super().pre_process_command(line, cmd, arg)
+
+    def log_transfer(self, cmd: str, filename: str, receive: bool, completed: bool, elapsed: float, bytes: int) -> None:
+        self.server_record.transfers.append(FtpTransfer(cmd, filename, completed, bytes))
+        super().log_transfer(cmd, filename, receive, completed, elapsed, bytes)
 
 
 def self_signed_certificate(folder: Path) -> tuple[Path, bytes]:
@@ -156,6 +214,7 @@ def ftp_server(root: Path, tls: str | None = None, max_tls: str | None = None) -
     """pyftpdlib on a free port: plain FTP, explicit TLS ("explicit") or implicit TLS ("implicit")."""
     from pyftpdlib.authorizers import DummyAuthorizer
     from pyftpdlib.handlers import FTPHandler, TLS_FTPHandler
+    from pyftpdlib.ioloop import IOLoop
     from pyftpdlib.servers import ThreadedFTPServer
 
     files = root / "files"
@@ -166,7 +225,7 @@ def ftp_server(root: Path, tls: str | None = None, max_tls: str | None = None) -
     if tls:
         pem, certificate_der = self_signed_certificate(root)
 
-        class Handler(TLS_FTPHandler):
+        class Handler(_Recording, TLS_FTPHandler):
             pass
 
         Handler.certfile = str(pem)
@@ -186,27 +245,39 @@ def ftp_server(root: Path, tls: str | None = None, max_tls: str | None = None) -
                     super().handle()
     else:
 
-        class Handler(FTPHandler):
+        class Handler(_Recording, FTPHandler):
             pass
 
+    port = free_port()
+    record = FtpServer(port, files, "partner", "ftp-Test-Password-7", certificate_der)
     Handler.authorizer = authorizer
     Handler.passive_ports = range(60000, 60200)
-    port = free_port()
-    server = ThreadedFTPServer(("127.0.0.1", port), Handler)
+    Handler.server_record = record
+
+    class IsolatedServer(ThreadedFTPServer):
+        # pyftpdlib keeps the IOLoop and the stop flag of its threaded server class-wide: closing
+        # the server of one test would stop a module-wide server the next test still uses.
+        def __init__(self, address: tuple[str, int], handler: type) -> None:
+            self._exit = threading.Event()
+            self._lock = threading.Lock()
+            super().__init__(address, handler, ioloop=IOLoop())
+
+    server = IsolatedServer(("127.0.0.1", port), Handler)
     thread = threading.Thread(target=server.serve_forever, kwargs={"timeout": 0.2}, daemon=True)
     thread.start()
     try:
         wait_port(port)
-        yield FtpServer(port, files, "partner", "ftp-Test-Password-7", certificate_der)
+        yield record
     finally:
         server.close_all()
 
 
 class DroppingProxy:
     """A TCP proxy that cuts its first connection after `drop_after` bytes from the server, like a
-    partner firewall resetting a long transfer; later connections pass untouched."""
+    partner firewall resetting a long transfer; later connections pass untouched. With drop_after
+    None it cuts nothing and only counts the connections clients open."""
 
-    def __init__(self, target_port: int, drop_after: int) -> None:
+    def __init__(self, target_port: int, drop_after: int | None) -> None:
         self.target_port = target_port
         self.drop_after = drop_after
         self.connections = 0

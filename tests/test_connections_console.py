@@ -13,6 +13,7 @@ from audit.models import AuditLogEntry
 from connections.models import Connection
 from courier_site.envelope import keyring
 from courier_site.roles import ADMIN, OPERATOR, VIEWER
+from system.models import SystemSetting
 
 pytestmark = pytest.mark.django_db
 SECRET = "Partner-Secret-Value-9137"
@@ -143,11 +144,50 @@ def test_insecure_settings_are_admin_only_and_refusals_are_audited(login, overri
     assert AuditLogEntry.objects.filter(operation="setting_refused", details__field=field).exists()
 
 
-def test_insecure_trust_is_refused_in_production_even_for_admins(login, settings) -> None:
+INSECURE_TRUST = [
+    ({"host_key_policy": "always_trust"}, "host_key_policy"),
+    ({"protocol": "ftps", "tls_cert_policy": "insecure"}, "tls_cert_policy"),
+]
+
+
+def allow_insecure_trust_in_production() -> None:
+    SystemSetting.objects.filter(key="security.insecure_trust_allow_production").update(value="true")
+
+
+@pytest.mark.parametrize(("overrides", "field"), INSECURE_TRUST)
+def test_insecure_trust_is_refused_in_production_even_for_admins(login, settings, overrides: dict, field: str) -> None:
     settings.IS_PRODUCTION = True
     client = login(ADMIN)
-    response = client.post(reverse("admin:connections_connection_add"), form_data(host_key_policy="always_trust"))
-    assert "not allowed in production" in str(response.context["adminform"].form.errors["host_key_policy"])
+    response = client.post(reverse("admin:connections_connection_add"), form_data(**overrides))
+    errors = str(response.context["adminform"].form.errors[field])
+    assert "[E3004]" in errors and "not allowed in production" in errors
+    assert "security.insecure_trust_allow_production" in errors
+    assert not Connection.objects.filter(name="ACME").exists()
+
+
+@pytest.mark.parametrize(("overrides", "field"), INSECURE_TRUST)
+def test_an_admin_may_choose_insecure_trust_in_production_when_the_setting_allows_it(
+    login, settings, overrides: dict, field: str
+) -> None:
+    settings.IS_PRODUCTION = True
+    allow_insecure_trust_in_production()
+    client = login(ADMIN)
+    response = client.post(reverse("admin:connections_connection_add"), form_data(**overrides))
+    assert response.status_code == 302
+    connection = Connection.objects.get(name="ACME")
+    assert getattr(connection, field) == overrides[field]
+
+
+@pytest.mark.parametrize(("overrides", "field"), INSECURE_TRUST)
+def test_the_production_setting_does_not_open_insecure_trust_to_operators(
+    login, settings, overrides: dict, field: str
+) -> None:
+    settings.IS_PRODUCTION = True
+    allow_insecure_trust_in_production()
+    client = login(None, "add_connection", "change_connection", "view_connection")
+    response = client.post(reverse("admin:connections_connection_add"), form_data(**overrides))
+    assert "only an Admin" in str(response.context["adminform"].form.errors[field])
+    assert not Connection.objects.filter(name="ACME").exists()
 
 
 def test_operator_cannot_edit_connections_but_can_test_them(login) -> None:

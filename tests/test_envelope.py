@@ -124,3 +124,103 @@ def test_rotation_without_the_old_key_changes_nothing(settings) -> None:
     with connection.cursor() as cursor:
         cursor.execute("SELECT password_encrypted FROM connections WHERE id = %s", [conn.pk])
         assert bytes(cursor.fetchone()[0]) == sealed
+
+
+def zip_job_with_sealed_password(password: str) -> object:
+    """A job whose file.zip step holds a sealed password, with two saved versions."""
+    from jobs.definitions import record_version
+    from jobs.secrets import seal_config
+    from tests.engine_support import make_job
+
+    configuration = {"source_path": "*.csv", "output_path": "out.zip", "password": password}
+    job = make_job(
+        [("test.write", {"name": "a.csv", "text": "x"}), ("file.zip", seal_config("file.zip", configuration))]
+    )
+    record_version(job, created_by="tester")
+    return job
+
+
+def sealed_step_passwords(job: object) -> list[dict[str, str]]:
+    """The sealed password of the job's file.zip step and of each of its versions' snapshots."""
+    from jobs.models import JobStep, JobVersion
+
+    values = [JobStep.objects.get(job=job, type_key="file.zip").configuration["password"]]
+    for version in JobVersion.objects.filter(job=job).order_by("version_number"):
+        values.extend(
+            step["configuration"]["password"]
+            for step in version.config_snapshot["steps"]
+            if step["type_key"] == "file.zip"
+        )
+    return values
+
+
+@pytest.mark.django_db
+def test_rotate_master_key_rewraps_sealed_step_secrets_in_steps_and_versions(
+    settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from jobs.secrets import is_sealed, unseal_config
+
+    old = settings.COURIER_MASTER_KEY
+    job = zip_job_with_sealed_password("Zip-Secret-31")
+    before = sealed_step_passwords(job)
+    assert len(before) == 3 and all(is_sealed(value) for value in before)
+    new = base64.b64encode(os.urandom(32)).decode()
+    settings.COURIER_MASTER_KEY, settings.COURIER_PREVIOUS_MASTER_KEYS = new, [old]
+
+    call_command("rotate_master_key")
+
+    output = capsys.readouterr().out
+    assert "job_steps.configuration: re-wrapped 1 of 1" in output
+    assert "job_versions.config_snapshot: re-wrapped 2 of 2" in output
+    assert "Re-wrapped 3 of 3 stored secrets" in output
+    after = sealed_step_passwords(job)
+    assert all(is_sealed(value) for value in after) and not set(map(str, after)) & set(map(str, before))
+    settings.COURIER_PREVIOUS_MASTER_KEYS = []  # the new key alone opens every one of them
+    assert [unseal_config({"password": value})["password"] for value in after] == ["Zip-Secret-31"] * 3
+    settings.COURIER_MASTER_KEY = old  # and the old key alone opens none
+    for value in after:
+        with pytest.raises(SecretDecryptionError, match=r"\[E1010\]"):
+            unseal_config({"password": value})
+
+
+@pytest.mark.django_db
+def test_dry_run_counts_step_secrets_and_changes_nothing(settings, capsys: pytest.CaptureFixture[str]) -> None:
+    old = settings.COURIER_MASTER_KEY
+    job = zip_job_with_sealed_password("Zip-Secret-32")
+    before = sealed_step_passwords(job)
+    settings.COURIER_MASTER_KEY = base64.b64encode(os.urandom(32)).decode()
+    settings.COURIER_PREVIOUS_MASTER_KEYS = [old]
+
+    call_command("rotate_master_key", "--dry-run")
+
+    assert "Would re-wrap 3 of 3 stored secrets" in capsys.readouterr().out
+    assert sealed_step_passwords(job) == before
+
+
+@pytest.mark.django_db
+def test_a_step_secret_under_an_unknown_key_leaves_every_table_untouched(settings) -> None:
+    from connections.models import Connection
+
+    old = settings.COURIER_MASTER_KEY
+    conn = Connection.objects.create(
+        name="c",
+        protocol="ftp",
+        host="h",
+        port=21,
+        auth_method="password",
+        username="u",
+        password_encrypted=Keyring(MasterKey.from_base64(old)).seal("pw-two"),
+    )
+    settings.COURIER_MASTER_KEY = base64.b64encode(os.urandom(32)).decode()
+    job = zip_job_with_sealed_password("Zip-Secret-33")  # sealed under a key rotation will not know
+    settings.COURIER_MASTER_KEY = base64.b64encode(os.urandom(32)).decode()
+    settings.COURIER_PREVIOUS_MASTER_KEYS = [old]
+    before = sealed_step_passwords(job)
+
+    with pytest.raises(CommandError, match=r"job_steps\.configuration .*\[E1010\].*nothing was changed"):
+        call_command("rotate_master_key")
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT password_encrypted FROM connections WHERE id = %s", [conn.pk])
+        assert Keyring(MasterKey.from_base64(old)).needs_rewrap(bytes(cursor.fetchone()[0])) is False
+    assert sealed_step_passwords(job) == before

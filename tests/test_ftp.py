@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 import uuid
 from pathlib import Path
 
@@ -87,6 +89,10 @@ def test_plain_ftp_upload_list_download_delete(plain) -> None:
     assert Path(values["3.downloaded_files"][0]).name == "orders.csv"
     assert step_rows(execution)[3].bytes_processed == len("po,qty\n" + "PO-1,5\n" * 500)
     assert list((plain.root / folder).iterdir()) == []
+    transfers = AuditLogEntry.objects.filter(entity_id=connection.pk)
+    for operation in ("file_uploaded", "file_downloaded"):
+        details = transfers.get(operation=operation).details
+        assert details["bytes"] == len("po,qty\n" + "PO-1,5\n" * 500) and details["duration_ms"] > 0, details
 
 
 def test_ftps_explicit_with_a_pinned_certificate(explicit) -> None:
@@ -172,3 +178,131 @@ def test_tls_floor_above_what_the_server_offers_is_refused(tmp_path: Path) -> No
         connection.tls_version_floor = "1.2"
         connection.save()
         open_session(connection).close()
+
+
+def test_ftp_mkdir_step_creates_nested_directories(plain) -> None:
+    connection = ftp_connection(plain)
+    base = f"mkdir-{uuid.uuid4().hex[:6]}"
+    job = make_job([("ftp.mkdir", {"connection_id": str(connection.pk), "remote_path": f"{base}/in/2024"})])
+    execution = run_inline(job)
+
+    assert execution.state == "completed", execution.error_message
+    assert (plain.root / base / "in" / "2024").is_dir()
+
+
+def test_ftp_rename_step_moves_a_remote_file(plain) -> None:
+    connection = ftp_connection(plain)
+    folder = plain.root / f"rename-{uuid.uuid4().hex[:6]}"
+    (folder / "done").mkdir(parents=True)
+    (folder / "report.tmp").write_bytes(b"totals\n")
+    job = make_job(
+        [
+            (
+                "ftp.rename",
+                {
+                    "connection_id": str(connection.pk),
+                    "remote_path": f"{folder.name}/report.tmp",
+                    "new_path": f"{folder.name}/done/report.csv",
+                },
+            )
+        ]
+    )
+    execution = run_inline(job)
+
+    assert execution.state == "completed", execution.error_message
+    assert not (folder / "report.tmp").exists()
+    assert (folder / "done" / "report.csv").read_bytes() == b"totals\n"
+
+
+def test_ftp_rmdir_step_removes_an_empty_directory(plain) -> None:
+    connection = ftp_connection(plain)
+    folder = plain.root / f"rmdir-{uuid.uuid4().hex[:6]}"
+    folder.mkdir()
+    job = make_job([("ftp.rmdir", {"connection_id": str(connection.pk), "remote_path": folder.name})])
+    execution = run_inline(job)
+
+    assert execution.state == "completed", execution.error_message
+    assert not folder.exists()
+
+
+def wait_for_transfers(server, count: int, timeout: float = 5) -> list:
+    """The server notes a transfer just after it answers 226, so the client may be a moment ahead."""
+    deadline = time.monotonic() + timeout
+    while len(server.transfers) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return server.transfers
+
+
+def test_an_interrupted_ftp_download_resumes_from_the_partial_file(tmp_path: Path) -> None:
+    from connections.transfer.sessions import SessionPool
+    from jobs.steps.base import CancelToken, get_step_type
+    from tests.step_support import make_context
+
+    payload = os.urandom(3 * 1024 * 1024)
+    already = 1_000_000  # a previous try stopped here
+    with ftp_server(tmp_path / "resume") as server:
+        (server.root / "statements").mkdir()
+        (server.root / "statements" / "march.bin").write_bytes(payload)
+        connection = ftp_connection(server)
+        context = make_context(tmp_path)
+        partial = context.work_dir / "downloads" / "march.bin.courier-part"
+        partial.parent.mkdir(parents=True)
+        partial.write_bytes(payload[:already])
+        pool = SessionPool()
+        try:
+            pool.ensure(connection.pk)
+            context.sessions = pool
+            step = get_step_type("ftp.download")
+            config = step.with_defaults({"connection_id": str(connection.pk), "remote_path": "statements"})
+            result = step.execute(config, context, CancelToken())
+            pool.flush_events()
+        finally:
+            pool.close()
+        transfers = wait_for_transfers(server, 1)
+
+    assert (context.work_dir / "downloads" / "march.bin").read_bytes() == payload
+    assert not partial.exists()
+    assert f"REST {already}" in server.commands
+    assert [(transfer.command, transfer.bytes) for transfer in transfers] == [("RETR", len(payload) - already)]
+    assert context.progress.bytes_done == len(payload) - already  # only the missing part travelled
+    assert result.bytes_processed == len(payload)
+    audited = AuditLogEntry.objects.get(entity_id=connection.pk, operation="file_downloaded").details
+    assert audited["resumed_from"] == already and audited["bytes"] == len(payload)
+
+
+def test_insecure_tls_is_refused_at_connect_time_in_production(explicit, settings) -> None:
+    settings.IS_PRODUCTION = True
+    # Saved without the console form, as an import or an SQL edit would.
+    connection = ftp_connection(explicit, "ftps", tls_cert_policy="insecure")
+    commands_before = len(explicit.commands)
+    job, _ = transfer_job(connection, "ftps")
+    execution = run_inline(job)
+
+    assert execution.state == "failed"
+    assert "[E3004]" in execution.error_message
+    assert "security.insecure_trust_allow_production" in execution.error_message
+    assert len(explicit.commands) == commands_before  # refused before a single command went out
+    operations = set(AuditLogEntry.objects.filter(entity_id=connection.pk).values_list("operation", flat=True))
+    assert "insecure_trust_refused" in operations and "insecure_tls_used" not in operations
+
+
+def test_insecure_tls_connects_in_production_when_the_system_setting_allows_it(explicit, settings) -> None:
+    from system.models import SystemSetting
+
+    settings.IS_PRODUCTION = True
+    SystemSetting.objects.filter(key="security.insecure_trust_allow_production").update(value="true")
+    connection = ftp_connection(explicit, "ftps", tls_cert_policy="insecure")
+    job, _ = transfer_job(connection, "ftps")
+    execution = run_inline(job)
+
+    assert execution.state == "completed", execution.error_message
+    assert AuditLogEntry.objects.filter(entity_id=connection.pk, operation="insecure_tls_used").exists()
+
+
+def test_testing_an_insecure_ftps_connection_is_audited_as_an_insecure_policy_use(explicit) -> None:
+    from django.core.management import call_command
+
+    connection = ftp_connection(explicit, "ftps", tls_cert_policy="insecure")
+    call_command("test_connection", connection.name, "--json")
+    used = AuditLogEntry.objects.get(entity_id=connection.pk, operation="insecure_tls_used")
+    assert used.details["thumbprint"] == pinned(explicit)

@@ -10,12 +10,12 @@ import pytest
 
 from audit.models import AuditLogEntry
 from connections import hostkeys
-from connections.errors import AuthenticationFailed, HostKeyRejected, HostUnreachable
+from connections.errors import AuthenticationFailed, ConnectionPolicyRefused, HostKeyRejected, HostUnreachable
 from connections.models import Connection, KnownHost
 from connections.transfer.sessions import open_session
 from keystore.models import SshKey
 from tests.engine_support import make_job, run_inline, step_rows
-from tests.servers import SFTP_PASSWORD, SFTP_USER, free_port, ssh_server
+from tests.servers import SFTP_USER, free_port, sftp_connection, sftp_folder, ssh_server
 
 pytestmark = pytest.mark.django_db
 
@@ -31,22 +31,6 @@ def data_dir(settings, tmp_path):
     settings.COURIER_DATA_DIR = tmp_path / "data"
     settings.COURIER_ALLOWED_ROOTS = [settings.COURIER_DATA_DIR]
     return settings.COURIER_DATA_DIR
-
-
-def sftp_connection(server, password: str = SFTP_PASSWORD, **overrides) -> Connection:
-    fields = {
-        "name": f"partner-{uuid.uuid4().hex[:6]}",
-        "protocol": "sftp",
-        "host": "127.0.0.1",
-        "port": server.port,
-        "auth_method": "password",
-        "username": SFTP_USER,
-        **overrides,
-    }
-    connection = Connection(**fields)
-    connection.set_password(password)
-    connection.save()
-    return connection
 
 
 def test_password_login_trusts_the_first_host_key_and_reports_it(sshd) -> None:
@@ -171,6 +155,10 @@ def test_upload_and_download_steps_round_trip_atomically(sshd, data_dir: Path) -
     remote = sshd.home / remote_dir
     assert list(remote.iterdir()) == []  # deleted after download, and no .courier-tmp left behind
     assert step_rows(execution)[1].bytes_processed == 15000
+    transfers = AuditLogEntry.objects.filter(entity_id=connection.pk)
+    for operation in ("file_uploaded", "file_downloaded"):
+        details = transfers.get(operation=operation).details
+        assert details["bytes"] == 15000 and details["duration_ms"] > 0, details
 
 
 def test_download_resumes_from_a_partial_file(sshd) -> None:
@@ -384,3 +372,83 @@ def test_upload_can_verify_the_sha256_by_reading_back(sshd) -> None:
     assert execution.state == "completed", execution.error_message
     digests = execution.context_snapshot["values"]["1.sha256"]
     assert digests == {f"{folder}/ledger.csv": hashlib.sha256(("a,b\n" * 5000).encode()).hexdigest()}
+
+
+def test_mkdir_step_creates_nested_remote_directories(sshd) -> None:
+    connection = sftp_connection(sshd)
+    base = f"mkdir-{uuid.uuid4().hex[:6]}"
+    job = make_job(
+        [("sftp.mkdir", {"connection_id": str(connection.pk), "remote_path": f"{base}/in/{{execution_id}}"})]
+    )
+    execution = run_inline(job)
+
+    assert execution.state == "completed", execution.error_message
+    assert (sshd.home / base / "in" / str(execution.pk)).is_dir()
+
+
+def test_rmdir_step_removes_an_empty_remote_directory(sshd) -> None:
+    connection = sftp_connection(sshd)
+    folder = sftp_folder(sshd, f"rmdir-{uuid.uuid4().hex[:6]}")
+    job = make_job([("sftp.rmdir", {"connection_id": str(connection.pk), "remote_path": folder.name})])
+    execution = run_inline(job)
+
+    assert execution.state == "completed", execution.error_message
+    assert not folder.exists()
+
+
+def test_rmdir_step_refuses_a_directory_that_still_holds_files(sshd) -> None:
+    connection = sftp_connection(sshd)
+    folder = sftp_folder(sshd, f"full-{uuid.uuid4().hex[:6]}", {"keep.csv": b"1"})
+    job = make_job([("sftp.rmdir", {"connection_id": str(connection.pk), "remote_path": folder.name})])
+    execution = run_inline(job)
+
+    assert execution.state == "failed"
+    assert "[E3005] cannot remove directory" in execution.error_message
+    assert (folder / "keep.csv").read_bytes() == b"1"
+
+
+def test_rename_step_moves_a_remote_file(sshd) -> None:
+    connection = sftp_connection(sshd)
+    folder = sftp_folder(sshd, f"rename-{uuid.uuid4().hex[:6]}", {"report.tmp": b"totals\n"})
+    sftp_folder(sshd, f"{folder.name}/done")
+    job = make_job(
+        [
+            (
+                "sftp.rename",
+                {
+                    "connection_id": str(connection.pk),
+                    "remote_path": f"{folder.name}/report.tmp",
+                    "new_path": f"{folder.name}/done/report.csv",
+                },
+            )
+        ]
+    )
+    execution = run_inline(job)
+
+    assert execution.state == "completed", execution.error_message
+    assert execution.context_snapshot["values"]["0.remote_path"] == f"{folder.name}/done/report.csv"
+    assert not (folder / "report.tmp").exists()
+    assert (folder / "done" / "report.csv").read_bytes() == b"totals\n"
+
+
+def test_always_trust_is_refused_at_connect_time_in_production(sshd, settings) -> None:
+    settings.IS_PRODUCTION = True
+    # Saved without the console form, as an import or an SQL edit would.
+    connection = sftp_connection(sshd, host_key_policy="always_trust")
+    with pytest.raises(
+        ConnectionPolicyRefused, match=r"\[E3004\].*always_trust.*security\.insecure_trust_allow_production"
+    ):
+        open_session(connection)
+    operations = set(AuditLogEntry.objects.filter(entity_id=connection.pk).values_list("operation", flat=True))
+    assert "insecure_trust_refused" in operations
+    assert not operations & {"connected", "insecure_host_key_trust_used"}
+
+
+def test_always_trust_connects_in_production_when_the_system_setting_allows_it(sshd, settings) -> None:
+    from system.models import SystemSetting
+
+    settings.IS_PRODUCTION = True
+    SystemSetting.objects.filter(key="security.insecure_trust_allow_production").update(value="true")
+    connection = sftp_connection(sshd, host_key_policy="always_trust")
+    open_session(connection).close()
+    assert AuditLogEntry.objects.filter(entity_id=connection.pk, operation="insecure_host_key_trust_used").exists()

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from connections.errors import AuthenticationFailed, ConnectionFailed, HostKeyRejected, HostUnreachable, RemoteFileError
+from connections.policy import refuse_insecure_trust_in_production
 from connections.transfer.base import CHUNK, RemoteFile, SessionInfo, join
 
 IMPLICIT_TLS_PORT = 990
@@ -100,6 +101,9 @@ class FtpSession:
         connection = self.connection
         started = time.monotonic()
         secure = connection.protocol == "ftps"
+        if secure and connection.tls_cert_policy == "insecure":
+            # Refused before any byte goes out: nothing checks who answers.
+            refuse_insecure_trust_in_production(connection, "TLS certificate policy insecure")
         if secure:
             client = _ReusingFtpTls(
                 context=tls_context(connection, self.fips), timeout=connection.operation_timeout_sec

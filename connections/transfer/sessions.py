@@ -41,9 +41,11 @@ def open_session(connection: Any, *, by: Any = "system") -> Any:
         else:
             session = FtpSession(connection, password=password, fips=fips)
     except CourierError as error:
-        operation = {AuthenticationFailed: "auth_failed", HostKeyRejected: "host_key_refused"}.get(
-            type(error), "connect_failed"
-        )
+        operation = {
+            AuthenticationFailed: "auth_failed",
+            HostKeyRejected: "host_key_refused",
+            ConnectionPolicyRefused: "insecure_trust_refused",
+        }.get(type(error), "connect_failed")
         AuditLogEntry.objects.record(
             entity_type="connection",
             entity_id=connection.pk,
@@ -59,7 +61,23 @@ def open_session(connection: Any, *, by: Any = "system") -> Any:
         performed_by=by,
         details={**details, "latency_ms": round((time.monotonic() - started) * 1000, 1)},
     )
+    # What the session noted while connecting (an insecure TLS policy in use) is audited now,
+    # also for callers that hold no pool, such as "test connection".
+    audit_events(session, by)
     return session
+
+
+def audit_events(session: Any, by: Any) -> None:
+    """Write the audit records a session queued (it may run in a thread without the database)."""
+    while session.events:
+        operation, details = session.events.pop(0)
+        AuditLogEntry.objects.record(
+            entity_type="connection",
+            entity_id=session.connection.pk,
+            operation=operation,
+            performed_by=by,
+            details=details,
+        )
 
 
 class SessionPool:
@@ -88,15 +106,7 @@ class SessionPool:
     def flush_events(self) -> None:
         """Audit what sessions noted while a step ran (reconnects), from the runner's thread."""
         for session in self.sessions.values():
-            while session.events:
-                operation, details = session.events.pop(0)
-                AuditLogEntry.objects.record(
-                    entity_type="connection",
-                    entity_id=session.connection.pk,
-                    operation=operation,
-                    performed_by=self.by,
-                    details=details,
-                )
+            audit_events(session, self.by)
 
     def close(self) -> None:
         for session in self.sessions.values():

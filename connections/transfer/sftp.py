@@ -17,6 +17,7 @@ from connections import hostkeys
 from connections.errors import (
     AuthenticationFailed,
     ConnectionFailed,
+    ConnectionPolicyRefused,
     HostKeyRejected,
     HostUnreachable,
     RemoteFileError,
@@ -121,7 +122,7 @@ class SftpSession:
             transport.set_keepalive(connection.keepalive_interval_sec)
             sftp = paramiko.SFTPClient.from_transport(transport)
             sftp.get_channel().settimeout(connection.operation_timeout_sec)
-        except (HostKeyRejected, AuthenticationFailed, ConnectionFailed):
+        except (HostKeyRejected, AuthenticationFailed, ConnectionFailed, ConnectionPolicyRefused):
             transport.close()
             raise
         except paramiko.SSHException as error:

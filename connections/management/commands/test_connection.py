@@ -12,7 +12,7 @@ from connections.diagnostics import test_connection
 
 
 class Command(BaseCommand):
-    help = "Test a connection: latency, banner, host key or certificate, and actionable errors E3000-E3003."
+    help = "Test a connection: latency, banner, host key or certificate, and actionable errors E3000-E3004."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("connection", help="connection name or id")
