@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from celery import Celery
 from celery.schedules import crontab
@@ -13,8 +14,48 @@ app = Celery("courier")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
+# Short, frequent tasks that keep the clock going; they must not queue behind job runs.
+CONTROL_TASKS = frozenset(
+    {
+        "jobs.fire_due_schedules",
+        "jobs.dispatch_sweep",
+        "jobs.recover_lost_executions",
+        "jobs.reconcile_chains",
+    }
+)
+
+
+def control_queue() -> str:
+    from django.conf import settings
+
+    return settings.COURIER_CONTROL_QUEUE or f"{settings.COURIER_QUEUE}-control"
+
+
+def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **_: Any) -> dict[str, str] | None:
+    """Celery router: clock tasks go to the control queue, everything else to COURIER_QUEUE."""
+    from django.conf import settings
+
+    if name in CONTROL_TASKS:
+        return {"queue": control_queue()}
+    return {"queue": settings.COURIER_QUEUE}
+
+
 # Entries are named for their cadence; arguments are bounded.
 app.conf.beat_schedule = {
+    # Schedules of jobs and chains (SPEC 4.5); each tick also covers instants due within
+    # its second, and two beats never fire one instant twice (SKIP LOCKED claims).
+    "every-1s-fire-due-schedules": {
+        "task": "jobs.fire_due_schedules",
+        "schedule": 1.0,
+        "args": (1.0,),
+        "options": {"expires": 5},
+    },
+    # Behind the in-transaction propagation: chains whose member ended unnoticed move on.
+    "every-30s-reconcile-chains": {
+        "task": "jobs.reconcile_chains",
+        "schedule": 30.0,
+        "options": {"expires": 60},
+    },
     # Safety net behind the immediate dispatch on enqueue and completion: picks up
     # executions whose Celery message was lost (Redis restart, crashed worker).
     "every-5s-dispatch-queued-executions": {

@@ -18,8 +18,13 @@ OPERATOR_MANAGED = {
     "monitors": {"filemonitor", "monitorjobbinding"},
     "tags": {"tag", "entitytag"},
 }
-# Action permissions an Operator holds besides editing: running jobs and controlling executions.
-OPERATOR_EXTRA = {("jobs", "run_job"), ("jobs", "control_jobexecution"), ("connections", "test_connection")}
+# Action permissions an Operator holds besides editing: running jobs and chains, controlling executions.
+OPERATOR_EXTRA = {
+    ("jobs", "run_job"),
+    ("jobs", "run_jobchain"),
+    ("jobs", "control_jobexecution"),
+    ("connections", "test_connection"),
+}
 ADMIN_EXTRA_APPS = ("auth",)
 
 

@@ -160,6 +160,11 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # each their own name.
 COURIER_QUEUE = env.str("COURIER_QUEUE", default="courier")
 CELERY_TASK_DEFAULT_QUEUE = COURIER_QUEUE
+# The clock's own queue (schedule ticks, dispatch sweep, recovery, chain reconciliation),
+# served by a small worker of its own so that long transfers occupying every job worker
+# process never delay a schedule. Empty means "<COURIER_QUEUE>-control".
+COURIER_CONTROL_QUEUE = env.str("COURIER_CONTROL_QUEUE", default="")
+CELERY_TASK_ROUTES = ("courier_site.celery.route_task",)
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULER = "courier_site.beat:HeartbeatScheduler"
 CELERY_BEAT_SCHEDULE_FILENAME = str(

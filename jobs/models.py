@@ -116,7 +116,9 @@ class JobExecution(models.Model):
         db_column="chain_execution_id",
         related_name="job_executions",
     )
-    triggered_by = models.TextField(help_text="manual:<user>, schedule, monitor:<id>, chain:<id> or retry:<execution>.")
+    triggered_by = models.TextField(
+        help_text="manual:<user>, schedule, monitor:<id>, chain:<id>, dependency:<execution> or retry:<execution>."
+    )
     state = models.TextField(choices=State.choices, default=State.CREATED)
     queued_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -235,6 +237,9 @@ class JobChain(SoftDeleteModel):
         managed = False
         db_table = "job_chains"
         ordering = ("name",)
+        permissions = [
+            ("run_jobchain", "Can trigger and cancel chains"),
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -281,6 +286,9 @@ class ChainExecution(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(db_default=Now(), editable=False)
+    error_message = models.TextField(null=True, blank=True, help_text="Why the chain failed or who cancelled it.")
+    context = models.JSONField(default=dict, blank=True, help_text="Trigger values handed to every member.")
+    updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         managed = False
@@ -289,6 +297,61 @@ class ChainExecution(models.Model):
 
     def __str__(self) -> str:
         return f"{self.chain} #{str(self.id)[:8]} {self.state}"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.state in ("completed", "failed", "cancelled")
+
+    def cancel(self, *, by: Any) -> ChainExecution:
+        from jobs import chains
+
+        return chains.cancel(self.pk, by=by)
+
+
+class ChainExecutionMember(models.Model):
+    """What happened to one chain member within one chain execution."""
+
+    class State(models.TextChoices):
+        PENDING = "pending"
+        QUEUED = "queued"
+        COMPLETED = "completed"
+        FAILED = "failed"
+        SKIPPED = "skipped"
+        CANCELLED = "cancelled"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    chain_execution = models.ForeignKey(
+        ChainExecution, on_delete=models.CASCADE, db_column="chain_execution_id", related_name="member_runs"
+    )
+    member = models.ForeignKey(
+        JobChainMember, on_delete=models.SET_NULL, null=True, blank=True, db_column="member_id", related_name="+"
+    )
+    job = models.ForeignKey(Job, on_delete=models.DO_NOTHING, db_constraint=False, db_column="job_id", related_name="+")
+    execution_order = models.IntegerField(help_text="The member's position in the chain at trigger time.")
+    depends_on_order = models.IntegerField(null=True, blank=True, help_text="Order of the member it waited for.")
+    run_on_upstream_failure = models.BooleanField(default=False)
+    state = models.TextField(choices=State.choices, default=State.PENDING)
+    job_execution = models.ForeignKey(
+        JobExecution,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        null=True,
+        blank=True,
+        db_column="job_execution_id",
+        related_name="+",
+        help_text="The member's job execution (the latest one when its job policy retried it).",
+    )
+    note = models.TextField(null=True, blank=True, help_text="Why the member was skipped, refused or cancelled.")
+    created_at = models.DateTimeField(db_default=Now(), editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        managed = False
+        db_table = "chain_execution_members"
+        ordering = ("chain_execution", "execution_order")
+
+    def __str__(self) -> str:
+        return f"#{self.execution_order} {self.state}"
 
 
 class JobDependency(models.Model):
@@ -329,12 +392,19 @@ class Schedule(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     schedule_type = models.TextField(choices=ScheduleType.choices, default=ScheduleType.CRON)
     cron_expression = models.TextField(
-        null=True, blank=True, help_text="5-field cron, or Quartz 6/7 fields with seconds."
+        null=True,
+        blank=True,
+        help_text="5-field cron ('30 2 * * 1-5'), or Quartz 6/7 fields starting with seconds ('0 30 2 ? * MON-FRI').",
     )
     run_at = models.DateTimeField(null=True, blank=True, help_text="For one-shot schedules: when to run.")
-    is_enabled = models.BooleanField(default=True)
-    last_fired_at = models.DateTimeField(null=True, blank=True)
-    next_fire_at = models.DateTimeField(null=True, blank=True)
+    time_zone = models.TextField(
+        null=True,
+        blank=True,
+        help_text="IANA time zone the cron expression is read in, e.g. Europe/Berlin; empty for UTC.",
+    )
+    is_enabled = models.BooleanField(default=True, help_text="Disabled schedules do not fire.")
+    last_fired_at = models.DateTimeField(null=True, blank=True, help_text="When the schedule last fired.")
+    next_fire_at = models.DateTimeField(null=True, blank=True, help_text="When the schedule fires next (UTC).")
     created_at = models.DateTimeField(db_default=Now(), editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 

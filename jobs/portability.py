@@ -57,13 +57,16 @@ def _portable_configuration(configuration: dict[str, Any], names: dict[str, str]
     return portable
 
 
-def export_jobs(jobs: Any) -> dict[str, Any]:
-    """A JSON-ready document with the given jobs, their steps, tags and the connections they use
-    (no secrets, no history)."""
+def export_jobs(jobs: Any, chains: Any = None) -> dict[str, Any]:
+    """A JSON-ready document with the given jobs and chains: steps, schedules, dependencies, tags and
+    the connections they use (no secrets, no history). A chain brings its member jobs along."""
     from connections.models import Connection
+    from jobs.models import Job
     from tags.models import EntityTag
 
-    jobs = list(jobs.order_by("name"))
+    chains = list(chains.order_by("name")) if chains is not None else []
+    member_ids = {member.job_id for chain in chains for member in chain.members.all()}
+    jobs = list(Job.objects.filter(pk__in={*(job.pk for job in jobs), *member_ids}).order_by("name"))
     used = {
         str(step.configuration.get("connection_id"))
         for job in jobs
@@ -95,6 +98,12 @@ def export_jobs(jobs: Any) -> dict[str, Any]:
                     }
                     for step in job.steps.order_by("step_order")
                 ],
+                "schedules": [_portable_schedule(schedule) for schedule in job.schedules.order_by("created_at")],
+                "upstream": [
+                    {"job": edge.upstream_job.name, "run_on_failure": edge.run_on_failure}
+                    for edge in job.upstream_edges.select_related("upstream_job").order_by("upstream_job__name")
+                    if not edge.upstream_job.is_deleted
+                ],
             }
         )
     return {
@@ -105,6 +114,40 @@ def export_jobs(jobs: Any) -> dict[str, Any]:
             {field: getattr(connection, field) for field in CONNECTION_FIELDS} for connection in connections
         ],
         "jobs": exported,
+        "chains": [_portable_chain(chain) for chain in chains],
+    }
+
+
+def _portable_schedule(schedule: Any) -> dict[str, Any]:
+    return {
+        "schedule_type": schedule.schedule_type,
+        "cron_expression": schedule.cron_expression,
+        "run_at": schedule.run_at.isoformat() if schedule.run_at else None,
+        "time_zone": schedule.time_zone,
+        "is_enabled": schedule.is_enabled,
+    }
+
+
+def _portable_chain(chain: Any) -> dict[str, Any]:
+    from tags.models import EntityTag
+
+    return {
+        "name": chain.name,
+        "description": chain.description or "",
+        "is_enabled": chain.is_enabled,
+        "tags": sorted(
+            EntityTag.objects.filter(entity_type="chain", entity_id=chain.pk).values_list("tag__name", flat=True)
+        ),
+        "members": [
+            {
+                "execution_order": member.execution_order,
+                "job": member.job.name,
+                "after": member.depends_on_member.execution_order if member.depends_on_member else None,
+                "run_on_upstream_failure": member.run_on_upstream_failure,
+            }
+            for member in chain.members.select_related("job", "depends_on_member").order_by("execution_order")
+        ],
+        "schedules": [_portable_schedule(schedule) for schedule in chain.schedules.order_by("created_at")],
     }
 
 
@@ -133,6 +176,14 @@ def _validate_document(document: Any) -> list[dict[str, Any]]:
         raise ImportRefused('every job needs a non-empty "name"')
     if len(set(names)) != len(names):
         raise ImportRefused("the file names a job more than once")
+    chains = document.get("chains") or []
+    if not isinstance(chains, list) or not all(
+        isinstance(chain, dict) and isinstance(chain.get("name"), str) and chain["name"].strip() for chain in chains
+    ):
+        raise ImportRefused('"chains" must be a list of objects with a non-empty "name"')
+    chain_names = [chain["name"] for chain in chains]
+    if len(set(chain_names)) != len(chain_names):
+        raise ImportRefused("the file names a chain more than once")
     connections = document.get("connections") or []
     if not isinstance(connections, list) or not all(
         isinstance(item, dict) and isinstance(item.get("name"), str) and item.get("protocol") in ("sftp", "ftp", "ftps")
@@ -189,7 +240,13 @@ def import_jobs(document: Any, *, by: Any, dry_run: bool = False) -> dict[str, l
     from tags.models import EntityTag, Tag
 
     jobs = _validate_document(document)
-    report: dict[str, list[str]] = {"created": [], "updated": [], "unchanged": [], "connections_needing_password": []}
+    report: dict[str, list[str]] = {
+        "created": [],
+        "updated": [],
+        "unchanged": [],
+        "chains": [],
+        "connections_needing_password": [],
+    }
     with transaction.atomic():
         # Connections first: the jobs' steps name them, and every definition is checked
         # before anything of the jobs is written (a refusal rolls all of it back).
@@ -230,6 +287,10 @@ def import_jobs(document: Any, *, by: Any, dry_run: bool = False) -> dict[str, l
                 report["created" if created else "updated"].append(job.name)
             else:
                 report["unchanged"].append(job.name)
+            _replace_schedules(job, data.get("schedules"), f"job '{job.name}'")
+        _import_dependencies(jobs)
+        for data in document.get("chains") or []:
+            _import_chain(data, by=by, report=report)
         if dry_run:
             transaction.set_rollback(True)
         else:
@@ -249,3 +310,131 @@ def _definition_key(job: Any) -> Any:
         for s in job.steps.order_by("step_order")
     ]
     return (job.description or "", job.failure_policy, steps)
+
+
+def _replace_schedules(owner: Any, schedules: Any, label: str) -> None:
+    """Schedules travel with their job or chain: the file's list replaces the stored one."""
+    from datetime import datetime
+
+    from jobs import scheduling
+
+    if schedules is None:
+        return
+    if not isinstance(schedules, list):
+        raise ImportRefused(f'{label}: "schedules" must be a list')
+    owner.schedules.all().delete()
+    for index, data in enumerate(schedules):
+        if not isinstance(data, dict):
+            raise ImportRefused(f"{label}: schedule {index} must be an object")
+        run_at = data.get("run_at")
+        try:
+            run_at = datetime.fromisoformat(run_at) if run_at else None
+        except (TypeError, ValueError):
+            raise ImportRefused(f"{label}: schedule {index} has an unreadable run_at {run_at!r}") from None
+        schedule = owner.schedules.model(
+            schedule_type=data.get("schedule_type") or "cron",
+            cron_expression=data.get("cron_expression"),
+            run_at=run_at,
+            time_zone=data.get("time_zone") or None,
+            is_enabled=bool(data.get("is_enabled", True)),
+        )
+        setattr(schedule, owner.schedules.field.name, owner)
+        # A one-shot whose time passed in the source environment arrives disabled.
+        if schedule.schedule_type == "one_shot" and run_at is not None and run_at <= timezone.now():
+            schedule.is_enabled = False
+        try:
+            scheduling.check(schedule, run_at_changed=schedule.is_enabled)
+        except CourierError as error:
+            raise ImportRefused(f"{label}: schedule {index}: {error}") from error
+        scheduling.refresh(schedule)
+        schedule.save()
+
+
+def _import_dependencies(jobs: list[dict[str, Any]]) -> None:
+    """Each imported job's upstream list replaces its stored one; names must exist after the import."""
+    from jobs import dependencies
+    from jobs.models import Job, JobDependency
+
+    for data in jobs:
+        upstream = data.get("upstream")
+        if upstream is None:
+            continue
+        if not isinstance(upstream, list):
+            raise ImportRefused(f"job '{data['name']}': \"upstream\" must be a list")
+        job = Job.objects.filter(name=data["name"]).order_by("created_at").first()
+        JobDependency.objects.filter(downstream_job=job).delete()
+        for item in upstream:
+            name = item.get("job") if isinstance(item, dict) else None
+            parent = Job.objects.filter(name=name).order_by("created_at").first() if name else None
+            if parent is None:
+                raise ImportRefused(f"job '{data['name']}' depends on '{name}', which is neither here nor in the file")
+            try:
+                dependencies.check_edge(parent.pk, job.pk)
+            except CourierError as error:
+                raise ImportRefused(f"job '{data['name']}': {error}") from error
+            JobDependency.objects.create(
+                upstream_job=parent, downstream_job=job, run_on_failure=bool(item.get("run_on_failure"))
+            )
+
+
+def _import_chain(data: dict[str, Any], *, by: Any, report: dict[str, list[str]]) -> None:
+    """Create or update a chain by name: members (by job name and order) and schedules are replaced."""
+    from jobs import chains
+    from jobs.models import Job, JobChain, JobChainMember
+    from tags.models import EntityTag, Tag
+
+    label = f"chain '{data['name']}'"
+    members = data.get("members") or []
+    if not isinstance(members, list) or not all(isinstance(item, dict) for item in members):
+        raise ImportRefused(f'{label}: "members" must be a list of objects')
+    jobs = {}
+    specs = []
+    for item in members:
+        job = Job.objects.filter(name=item.get("job")).order_by("created_at").first()
+        if job is None:
+            raise ImportRefused(f"{label}: member job '{item.get('job')}' is neither here nor in the file")
+        order = item.get("execution_order")
+        if not isinstance(order, int):
+            raise ImportRefused(f"{label}: every member needs an integer execution_order")
+        jobs[order] = job
+        specs.append(
+            chains.MemberSpec(
+                execution_order=order,
+                job_id=job.pk,
+                depends_on_order=item.get("after"),
+                run_on_upstream_failure=bool(item.get("run_on_upstream_failure")),
+            )
+        )
+    try:
+        chains.check_members(specs)
+    except CourierError as error:
+        raise ImportRefused(f"{label}: {error}") from error
+    chain = JobChain.objects.filter(name=data["name"]).order_by("created_at").first()
+    if chain is None:
+        chain = JobChain.objects.create(name=data["name"])
+    chain.description = data.get("description") or ""
+    chain.is_enabled = bool(data.get("is_enabled", True))
+    chain.save()
+    chain.members.all().delete()
+    created = {
+        spec.execution_order: JobChainMember.objects.create(
+            chain=chain,
+            job=jobs[spec.execution_order],
+            execution_order=spec.execution_order,
+            run_on_upstream_failure=spec.run_on_upstream_failure,
+        )
+        for spec in specs
+    }
+    for spec in specs:
+        if spec.depends_on_order is not None:
+            member = created[spec.execution_order]
+            member.depends_on_member = created[spec.depends_on_order]
+            member.save(update_fields=["depends_on_member"])
+    _replace_schedules(chain, data.get("schedules"), label)
+    for tag_name in data.get("tags") or []:
+        tag = Tag.objects.filter(name__iexact=tag_name).first() or Tag.objects.create(name=tag_name)
+        EntityTag.objects.get_or_create(tag=tag, entity_type="chain", entity_id=chain.pk)
+    AuditLogEntry.objects.record(
+        entity_type="chain", entity_id=chain.pk, operation="imported", performed_by=by, details={"name": chain.name}
+    )
+    report["chains"].append(chain.name)

@@ -6,6 +6,7 @@ import logging
 
 from celery import shared_task
 
+from jobs import chains, scheduling
 from jobs.engine import control, dispatch, recovery
 from jobs.engine.runner import ExecutionRunner
 
@@ -53,3 +54,29 @@ def cleanup_work_dirs() -> int:
     removed = recovery.cleanup_orphan_work_dirs()
     logger.info("removed %d orphaned work directories", len(removed))
     return len(removed)
+
+
+# Beat sends one tick a second; the tick also waits for instants due within its second,
+# so a fire is late by the cost of a query, not by up to a whole tick. acks_late is off:
+# a tick lost with its worker is replaced by the next one a second later.
+@shared_task(
+    name="jobs.fire_due_schedules",
+    acks_late=False,
+    ignore_result=True,
+    expires=5,
+    soft_time_limit=20,
+    time_limit=30,
+)
+def fire_due_schedules(window_seconds: float = 1.0) -> int:
+    """Fire the job and chain schedules that are due."""
+    results = scheduling.tick(min(float(window_seconds), 5.0))
+    late = [result for result in results if result.lateness_seconds > 5]
+    if late:
+        logger.warning("%d schedule(s) fired more than 5 s late (beat or workers were busy or down)", len(late))
+    return len(results)
+
+
+@shared_task(name="jobs.reconcile_chains", acks_late=True, ignore_result=True, expires=60)
+def reconcile_chains() -> int:
+    """Safety net: move on running chains whose member runs ended without being recorded."""
+    return chains.reconcile()

@@ -158,7 +158,8 @@ class CeleryCluster:
             "--loglevel",
             "INFO",
             "--queues",
-            os.environ["COURIER_QUEUE"],
+            # Job runs and the clock's control tasks (sweeps, schedule ticks) alike.
+            f"{os.environ['COURIER_QUEUE']},{os.environ['COURIER_QUEUE']}-control",
             "--concurrency",
             str(concurrency),
             "--hostname",

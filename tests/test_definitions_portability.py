@@ -166,3 +166,64 @@ def test_a_job_naming_an_unknown_connection_is_refused() -> None:
     with pytest.raises(ImportRefused, match="no connection named 'Nowhere'"):
         import_jobs(document, by="deployer")
     assert not Job.objects.filter(name="Orphan").exists()
+
+
+def _chain_with_schedules() -> None:
+    from jobs import scheduling
+    from jobs.models import ChainSchedule, JobChain, JobChainMember, JobDependency, JobSchedule
+
+    fetch = make_job([("flow.foreach", {"source": ["a"]}), ("flow.end", {})], name="Fetch")
+    load = make_job([("flow.foreach", {"source": ["b"]}), ("flow.end", {})], name="Load")
+    JobDependency.objects.create(upstream_job=fetch, downstream_job=load, run_on_failure=True)
+    job_schedule = JobSchedule(job=fetch, cron_expression="0 30 2 ? * MON-FRI", time_zone="Europe/Berlin")
+    scheduling.refresh(job_schedule)
+    job_schedule.save()
+    chain = JobChain.objects.create(name="Nightly")
+    first = JobChainMember.objects.create(chain=chain, job=fetch, execution_order=0)
+    JobChainMember.objects.create(
+        chain=chain, job=load, execution_order=1, depends_on_member=first, run_on_upstream_failure=True
+    )
+    chain_schedule = ChainSchedule(chain=chain, cron_expression="15 4 * * *")
+    scheduling.refresh(chain_schedule)
+    chain_schedule.save()
+
+
+def test_schedules_dependencies_and_chains_travel_with_the_export(tmp_path: Path) -> None:
+    from jobs.models import ChainSchedule, JobChain, JobChainMember, JobDependency, JobSchedule
+
+    _chain_with_schedules()
+    path = tmp_path / "definitions.json"
+    call_command("export_definitions", "--output", str(path), "--chain", "Nightly")
+    document = json.loads(path.read_text())
+    assert [job["name"] for job in document["jobs"]] == ["Fetch", "Load"]
+
+    # Another environment: nothing of it exists yet.
+    for chain in JobChain.all_objects.all():
+        chain.hard_delete()
+    for job in Job.all_objects.all():
+        job.hard_delete()
+    report = import_jobs(document, by="deployer")
+
+    assert report["chains"] == ["Nightly"]
+    schedule = JobSchedule.objects.get(job__name="Fetch")
+    assert (schedule.cron_expression, schedule.time_zone) == ("0 30 2 ? * MON-FRI", "Europe/Berlin")
+    assert schedule.next_fire_at is not None
+    edge = JobDependency.objects.get()
+    assert (edge.upstream_job.name, edge.downstream_job.name, edge.run_on_failure) == ("Fetch", "Load", True)
+    second = JobChainMember.objects.get(chain__name="Nightly", execution_order=1)
+    assert second.depends_on_member.execution_order == 0 and second.run_on_upstream_failure
+    assert ChainSchedule.objects.get(chain__name="Nightly").cron_expression == "15 4 * * *"
+
+
+def test_an_import_with_an_invalid_schedule_writes_nothing() -> None:
+    _chain_with_schedules()
+    from jobs.models import JobChain
+
+    document = export_jobs(Job.objects.none(), JobChain.objects.all())
+    document["chains"][0]["schedules"][0]["cron_expression"] = "0 0 31 2 *"
+    document["chains"][0]["description"] = "changed"
+
+    with pytest.raises(ImportRefused, match=r"E2060.*chain 'Nightly'.*E2012"):
+        import_jobs(document, by="deployer")
+
+    assert JobChain.objects.get(name="Nightly").description in ("", None)

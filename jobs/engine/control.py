@@ -12,7 +12,7 @@ from audit.models import AuditLogEntry
 from audit.querysets import actor_name
 from courier_site.errors import CourierError
 from jobs.engine import workdirs
-from jobs.engine.states import JOB_EVENTS, check_job_transition
+from jobs.engine.states import FINISHED, JOB_EVENTS, check_job_transition
 from jobs.errors import IllegalTransition
 
 if TYPE_CHECKING:
@@ -44,11 +44,20 @@ def _audit_transition(execution: JobExecution, new_state: str, by: Any, details:
 
 
 def transition(
-    execution_id: Any, new_state: str, *, by: Any = "system", details: dict[str, Any] | None = None, **fields: Any
+    execution_id: Any,
+    new_state: str,
+    *,
+    by: Any = "system",
+    details: dict[str, Any] | None = None,
+    followups: bool = True,
+    **fields: Any,
 ) -> JobExecution:
     """Move an execution to new_state under a row lock, writing its audit row and event.
 
-    Refuses transitions outside the state machine with IllegalTransition [E2010].
+    Refuses transitions outside the state machine with IllegalTransition [E2010]. An
+    execution that ends moves its chain on and queues its dependent jobs in the same
+    transaction; callers that may queue a retry first pass followups=False and call
+    after_finish themselves.
     """
     from jobs.models import JobExecution
 
@@ -67,7 +76,32 @@ def transition(
             setattr(execution, name, value)
         execution.save()
         _audit_transition(execution, new_state, by, {"from": previous, **(details or {})})
+        if followups and new_state in FINISHED:
+            after_finish(execution)
     return execution
+
+
+def after_finish(execution: JobExecution, *, retried_by: JobExecution | None = None) -> None:
+    """What an ended execution sets off: its chain moves on, its downstream jobs are queued.
+
+    When its failure policy queued a retry, the chain follows the retry and the
+    dependants wait for the retry's outcome.
+    """
+    from jobs import chains, dependencies
+
+    # Each in a savepoint of its own: a fault here must never undo the execution's final
+    # state. A chain left behind is moved on by the reconcile sweep.
+    try:
+        with transaction.atomic():
+            chains.member_finished(execution, retried_by=retried_by)
+    except Exception:
+        logger.exception("execution %s: its chain could not be moved on; the sweep will retry", execution.pk)
+    if retried_by is None:
+        try:
+            with transaction.atomic():
+                dependencies.queue_downstream(execution)
+        except Exception:
+            logger.exception("execution %s: its downstream jobs could not be queued", execution.pk)
 
 
 def enqueue(
@@ -84,6 +118,7 @@ def enqueue(
 ) -> JobExecution:
     """Insert a queued execution of job pinned to its current version; dispatch once committed."""
     from jobs.definitions import version_for_run
+    from jobs.dependencies import check_can_start
     from jobs.models import Job, JobExecution
 
     job = Job.all_objects.get(pk=job.pk)
@@ -91,6 +126,7 @@ def enqueue(
         raise JobNotRunnable(f"job '{job.name}' is deleted")
     if not job.is_enabled and not triggered_by.startswith("retry:"):
         raise JobNotRunnable(f"job '{job.name}' is disabled; enable it to run it")
+    check_can_start(job, triggered_by)
     if version_number is None:
         version = version_for_run(job)
         if not version.config_snapshot.get("steps"):

@@ -36,10 +36,16 @@ def recover_lost_executions(now: Any = None) -> list[str]:
         )
         for execution in lost:
             message = f"worker lost: {execution.worker_name or 'unknown worker'} stopped reporting"
-            control.transition(
-                execution.pk, "failed", details={"error": message}, error_message=message, control_request=None
+            failed = control.transition(
+                execution.pk,
+                "failed",
+                details={"error": message},
+                error_message=message,
+                control_request=None,
+                followups=False,
             )
             recovered.append(str(execution.pk))
+            retry = None
             version = JobVersion.objects.filter(
                 job_id=execution.job_id, version_number=execution.job_version_number
             ).first()
@@ -47,6 +53,7 @@ def recover_lost_executions(now: Any = None) -> list[str]:
                 policy = FailurePolicy.from_json((version.config_snapshot if version else {}).get("failure_policy"))
             except Exception:
                 logger.exception("execution %s: unreadable failure policy; not requeued", execution.pk)
+                control.after_finish(failed)
                 continue
             if policy.type in ("retry_step", "retry_job") and execution.attempt <= policy.max_retries:
                 snapshot = execution.context_snapshot or control.empty_snapshot()
@@ -65,6 +72,7 @@ def recover_lost_executions(now: Any = None) -> list[str]:
                     },
                 )
                 logger.warning("execution %s lost its worker; resumed as %s", execution.pk, retry.pk)
+            control.after_finish(failed, retried_by=retry)
     return recovered
 
 

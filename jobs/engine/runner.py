@@ -12,7 +12,7 @@ import traceback
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import connection, transaction
 from django.utils import timezone
@@ -29,6 +29,9 @@ from jobs.policy import FailurePolicy
 from jobs.secrets import unseal_config
 from jobs.steps.base import CancelToken, StepContext, StepResult, get_step_type
 from jobs.steps.flow import evaluate
+
+if TYPE_CHECKING:
+    from jobs.models import JobExecution
 
 logger = logging.getLogger(__name__)
 
@@ -507,15 +510,19 @@ class ExecutionRunner:
             workdirs.remove_path(self.work_dir)
             control.transition(self.execution.pk, "completed", context_snapshot=self._snapshot_dict())
             return "completed"
-        control.transition(
-            self.execution.pk,
-            "failed",
-            details={"error": message},
-            error_message=message,
-            control_request=None,
-            context_snapshot=self._snapshot_dict(),
-        )
-        self._maybe_retry_job()
+        # The failed state, the retry its policy asks for, and what follows from the failure
+        # (chain members skipped, dependent jobs queued) commit together.
+        with transaction.atomic():
+            failed = control.transition(
+                self.execution.pk,
+                "failed",
+                details={"error": message},
+                error_message=message,
+                control_request=None,
+                context_snapshot=self._snapshot_dict(),
+                followups=False,
+            )
+            control.after_finish(failed, retried_by=self._maybe_retry_job())
         return "failed"
 
     def _snapshot_dict(self) -> dict[str, Any]:
@@ -526,14 +533,14 @@ class ExecutionRunner:
             "skipped": self.skipped,
         }
 
-    def _maybe_retry_job(self) -> None:
+    def _maybe_retry_job(self) -> JobExecution | None:
         policy = getattr(self, "policy", None)
         if policy is None or policy.type != "retry_job" or self.execution.attempt > policy.max_retries:
-            return
+            return None
         from jobs.models import JobExecution
 
         failed = JobExecution.objects.get(pk=self.execution.pk)
-        control.enqueue(
+        return control.enqueue(
             failed.job,
             triggered_by=f"retry:{failed.pk}",
             attempt=failed.attempt + 1,

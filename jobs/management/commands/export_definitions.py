@@ -1,4 +1,4 @@
-"""`manage.py export_definitions`: write job definitions (steps, policies, tags) as JSON."""
+"""`manage.py export_definitions`: write job and chain definitions (steps, schedules, tags) as JSON."""
 
 from __future__ import annotations
 
@@ -17,17 +17,23 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--output", "-o", help="file to write (default: standard output)")
         parser.add_argument("--job", action="append", default=[], help="export only this job name (repeatable)")
+        parser.add_argument(
+            "--chain", action="append", default=[], help="export only this chain and its member jobs (repeatable)"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from jobs.models import Job
+        from jobs.models import Job, JobChain
 
         jobs = Job.objects.all()
-        if options["job"]:
+        chains = JobChain.objects.all()
+        if options["job"] or options["chain"]:
             jobs = jobs.filter(name__in=options["job"])
-        document = export_jobs(jobs)
+            chains = chains.filter(name__in=options["chain"])
+        document = export_jobs(jobs, chains)
         text = json.dumps(document, indent=2, sort_keys=False)
         if options["output"]:
             Path(options["output"]).write_text(text + "\n")
-            self.stderr.write(f"Exported {len(document['jobs'])} job(s) to {options['output']}.")
+            counts = f"{len(document['jobs'])} job(s) and {len(document['chains'])} chain(s)"
+            self.stderr.write(f"Exported {counts} to {options['output']}.")
         else:
             self.stdout.write(text)

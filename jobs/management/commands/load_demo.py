@@ -12,10 +12,15 @@ from django.db import transaction
 from jobs.definitions import record_version
 
 DEMO_JOB = "Demo: package the partner inbox"
+DEMO_ARCHIVE_JOB = "Demo: archive delivered packages"
+DEMO_CHAIN = "Demo: nightly partner run"
 
 
 class Command(BaseCommand):
-    help = "Create sample files and a demo job (zip the inbox, verify the archive, deliver it). Safe to run twice."
+    help = (
+        "Create sample files, a demo job (zip the inbox, verify the archive, deliver it) and a nightly demo "
+        "chain. Safe to run twice."
+    )
 
     def handle(self, *args: Any, **options: Any) -> None:
         from jobs.models import Job, JobStep
@@ -30,6 +35,7 @@ class Command(BaseCommand):
         }.items():
             if not (inbox / name).exists():
                 (inbox / name).write_text(text)
+        (demo / "archive").mkdir(exist_ok=True)
         if Job.objects.filter(name=DEMO_JOB).exists():
             self.stdout.write(f"Demo job '{DEMO_JOB}' already exists; sample files are in {inbox}.")
             return
@@ -66,4 +72,36 @@ class Command(BaseCommand):
                     alias="pack" if order == 0 else None,
                 )
             record_version(job, created_by="system")
-        self.stdout.write(f"Created demo job '{DEMO_JOB}'; sample files are in {inbox}.")
+            self._create_chain(job, demo)
+        self.stdout.write(
+            f"Created demo job '{DEMO_JOB}' and chain '{DEMO_CHAIN}' (scheduled daily at 02:00 UTC); "
+            f"sample files are in {inbox}."
+        )
+
+    def _create_chain(self, package_job: Any, demo: Path) -> None:
+        """A second job that archives what the first delivered, chained after it and scheduled nightly."""
+        from jobs import scheduling
+        from jobs.models import ChainSchedule, Job, JobChain, JobChainMember, JobStep
+
+        archive_job = Job.objects.create(
+            name=DEMO_ARCHIVE_JOB,
+            description="Moves the packages the demo delivered into the demo archive folder.",
+        )
+        JobStep.objects.create(
+            job=archive_job,
+            step_order=0,
+            name="Archive delivered packages",
+            type_key="file.move",
+            configuration={"source_path": f"{demo / 'outbound'}/*.zip", "destination_path": f"{demo / 'archive'}/"},
+        )
+        record_version(archive_job, created_by="system")
+        chain = JobChain.objects.create(
+            name=DEMO_CHAIN,
+            description="Packages the inbox, then archives the delivered package; the second member only "
+            "runs when the first completed.",
+        )
+        first = JobChainMember.objects.create(chain=chain, job=package_job, execution_order=0)
+        JobChainMember.objects.create(chain=chain, job=archive_job, execution_order=1, depends_on_member=first)
+        schedule = ChainSchedule(chain=chain, schedule_type="cron", cron_expression="0 2 * * *")
+        scheduling.refresh(schedule)
+        schedule.save()
