@@ -174,6 +174,10 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(
 # Seconds between process heartbeats, and age after which a process counts as gone.
 COURIER_HEARTBEAT_INTERVAL = env.int("COURIER_HEARTBEAT_INTERVAL", default=10)
 COURIER_HEARTBEAT_TIMEOUT = env.int("COURIER_HEARTBEAT_TIMEOUT", default=60)
+# A queued execution handed to Celery but not claimed by a worker within this many
+# seconds is dispatched again by the sweep (its message was lost with a Redis restart).
+# Longer than a busy worker takes to pick up a message; shorter than operators will wait.
+COURIER_REDISPATCH_AFTER_SECONDS = env.int("COURIER_REDISPATCH_AFTER_SECONDS", default=30)
 
 LOGGING = {
     "version": 1,

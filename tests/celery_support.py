@@ -146,9 +146,11 @@ class CeleryCluster:
         env.update(self.extra_env)
         return env
 
-    def start_worker(self, name: str, concurrency: int = 4, wait: bool = True) -> WorkerProcess:
+    def start_worker(self, name: str, concurrency: int = 4, wait: bool = True, respawn: bool = False) -> WorkerProcess:
+        """A worker on the job and control queues; with respawn, under bin/respawn as the Procfile runs it."""
         log_path = self.log_dir / f"{name}.log"
         command = [
+            *([str(ROOT / "bin" / "respawn")] if respawn else []),
             sys.executable,
             "-m",
             "celery",

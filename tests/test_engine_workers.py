@@ -242,7 +242,7 @@ def test_worker_shutdown_checkpoints_and_another_worker_finishes(cluster: Celery
 def test_queued_execution_whose_message_was_lost_is_dispatched_again(
     cluster: CeleryCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from datetime import timedelta
+    from django.conf import settings
 
     from jobs.engine import dispatch
     from tests.engine_support import make_job
@@ -256,7 +256,7 @@ def test_queued_execution_whose_message_was_lost_is_dispatched_again(
     cluster.start_worker("w1")
     time.sleep(1)
     assert state_of(cluster.database, execution.pk) == "queued"
-    monkeypatch.setattr(dispatch, "REDISPATCH_AFTER", timedelta(0))
+    monkeypatch.setattr(settings, "COURIER_REDISPATCH_AFTER_SECONDS", 0)
     assert str(execution.pk) in dispatch.dispatch()  # what the 5-second sweep does
 
     assert wait_state(cluster.database, execution.pk, {"completed", "failed"}, 30) == "completed"

@@ -290,3 +290,41 @@ def test_step_passwords_are_sealed_at_rest_and_never_shown(as_role, settings, tm
     assert JobExecution.objects.get(pk=execution.pk).state == "completed"
     with pyzipper.AESZipFile(tmp_path / "data" / "delivered" / "out.zip") as archive:
         assert archive.read("in.txt", pwd=secret.encode()) == b"confidential"
+
+
+def test_operator_pauses_a_running_execution_then_resumes_it(as_role) -> None:
+    client = as_role(OPERATOR)
+    execution = control.enqueue(make_job([("flow.foreach", {"source": []}), ("flow.end", {})]), triggered_by="manual:t")
+    assert control.claim(execution.pk, "console-test")
+
+    response = client.post(reverse("admin:jobs_jobexecution_control", args=[execution.pk, "pause"]), follow=True)
+
+    assert "Pause requested" in response.content.decode()
+    running = JobExecution.objects.get(pk=execution.pk)
+    assert (running.control_request, running.control_requested_by) == ("pause", "operator1")
+    # The worker honours the request at its next checkpoint.
+    control.transition(execution.pk, "paused", by="operator1", control_request=None)
+
+    response = client.post(reverse("admin:jobs_jobexecution_control", args=[execution.pk, "resume"]), follow=True)
+
+    assert "Resumed" in response.content.decode()
+    assert JobExecution.objects.get(pk=execution.pk).state == "queued"
+    assert AuditLogEntry.objects.filter(entity_id=execution.pk, operation="queued", performed_by="operator1").exists()
+
+
+def test_operator_retries_a_failed_execution_from_its_failed_step(as_role, settings, tmp_path) -> None:
+    from tests.engine_support import run_inline
+
+    settings.COURIER_DATA_DIR = tmp_path / "data"
+    settings.COURIER_ALLOWED_ROOTS = [settings.COURIER_DATA_DIR]
+    job = make_job([("test.write", {"name": "a.txt", "text": "x"}), ("test.flaky", {"key": "console", "failures": 9})])
+    failed = run_inline(job)
+    assert failed.state == "failed"
+    client = as_role(OPERATOR)
+
+    response = client.post(reverse("admin:jobs_jobexecution_control", args=[failed.pk, "retry"]))
+
+    retry = JobExecution.objects.get(retry_of_execution_id=failed.pk)
+    assert response.status_code == 302 and str(retry.pk) in response["Location"]
+    assert retry.triggered_by == f"retry:{failed.pk}" and retry.state == "queued"
+    assert retry.context_snapshot["completed"] == failed.context_snapshot["completed"] != []

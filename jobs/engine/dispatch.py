@@ -17,9 +17,13 @@ logger = logging.getLogger(__name__)
 # Serialises "count running, then claim" across every worker and web process, so two
 # dispatchers cannot both see the last free slot.
 DISPATCH_LOCK_KEY = 12346_001
-# A dispatched execution that no worker claimed within this time lost its Celery message
-# (Redis restart, worker crash before ack): the sweep dispatches it again.
-REDISPATCH_AFTER = timedelta(seconds=30)
+
+
+def redispatch_after() -> timedelta:
+    """A dispatched execution that no worker claimed within this time lost its Celery message
+    (Redis restart, worker crash before ack): the sweep dispatches it again."""
+    return timedelta(seconds=settings.COURIER_REDISPATCH_AFTER_SECONDS)
+
 
 _CLAIM_QUEUED = """
 SELECT id FROM job_executions
@@ -48,7 +52,7 @@ def dispatch() -> list[str]:
     from jobs.tasks import run_execution
 
     limit = setting_int("job.concurrency_limit", 5)
-    stale_before = timezone.now() - REDISPATCH_AFTER
+    stale_before = timezone.now() - redispatch_after()
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", [DISPATCH_LOCK_KEY])
         free = limit - _busy_slots(stale_before)
