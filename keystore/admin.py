@@ -103,7 +103,9 @@ class PgpKeyAdmin(KeyCreationMixin, SoftDeleteAdmin):
     list_filter = ("status", "algorithm", "key_type", "expires_at")
     search_fields = ("name", "fingerprint", "short_key_id", "purpose")
     list_select_related = ("successor_key",)
+    # The status changes only through the lifecycle actions, which check the transition and audit it.
     readonly_fields = (
+        "status",
         "fingerprint",
         "short_key_id",
         "algorithm",
@@ -141,6 +143,7 @@ class PgpKeyAdmin(KeyCreationMixin, SoftDeleteAdmin):
         "key_data",
         "key_file",
         "passphrase",
+        "passphrase_again",
     )
 
     actions = ["retire_keys", "revoke_keys"]

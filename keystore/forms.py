@@ -1,4 +1,4 @@
-"""Console forms of the key store: generate or import an SSH key."""
+"""Console forms of the key store: generate or import SSH and PGP keys, and edit a PGP key."""
 
 from __future__ import annotations
 
@@ -86,7 +86,17 @@ class PgpKeyAddForm(forms.ModelForm):
         required=False,
         strip=False,
         widget=forms.PasswordInput(render_value=False),
-        help_text="Passphrase of an imported private key (kept sealed, never shown).",
+        help_text=(
+            "Imports: the passphrase of the private key. Generated keys: optional passphrase that protects "
+            "the private key, also when an Admin exports it. Kept sealed, never shown."
+        ),
+    )
+    passphrase_again = forms.CharField(
+        required=False,
+        strip=False,
+        label="Passphrase (again)",
+        widget=forms.PasswordInput(render_value=False),
+        help_text="Generated keys with a passphrase: type it again.",
     )
 
     class Meta:
@@ -104,11 +114,15 @@ class PgpKeyAddForm(forms.ModelForm):
                     raise ValidationError({"key_data": "Paste the key block or choose a key file."})
                 self.material = pgp.load(raw, data.get("passphrase") or None)
             else:
+                passphrase = data.get("passphrase") or None
+                if passphrase != (data.get("passphrase_again") or None):
+                    raise ValidationError({"passphrase_again": "The two passphrases differ."})
                 self.material = pgp.generate(
                     data.get("algorithm_choice") or "rsa_3072",
                     data["name"],
                     data.get("email") or "",
                     data.get("expire_days"),
+                    passphrase,
                 )
         except CourierError as error:
             field = "passphrase" if error.code == "E4001" else "key_data"
@@ -120,9 +134,11 @@ class PgpKeyAddForm(forms.ModelForm):
 
 
 class PgpKeyChangeForm(forms.ModelForm):
+    """Name, purpose and successor; the status only moves through the lifecycle actions (retire, revoke, delete)."""
+
     class Meta:
         model = PgpKey
-        fields = ("name", "purpose", "status", "successor_key")
+        fields = ("name", "purpose", "successor_key")
 
     def clean_successor_key(self) -> Any:
         from keystore.lifecycle import successor_problem
@@ -132,11 +148,3 @@ class PgpKeyChangeForm(forms.ModelForm):
         if problem:
             raise ValidationError(problem)
         return successor
-
-    def clean_status(self) -> str:
-        status = self.cleaned_data.get("status")
-        if self.instance.status in ("revoked", "deleted") and status != self.instance.status:
-            raise ValidationError(f"a {self.instance.status} key stays {self.instance.status}")
-        if status == "deleted":
-            raise ValidationError("use Delete to remove a key: it wipes the private material")
-        return status

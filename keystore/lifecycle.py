@@ -22,10 +22,23 @@ ALLOWED_USES = {
 }
 
 
+def effective_status(key: Any) -> str:
+    """The key's status, with a key past its expiry counted as retired before the daily scan gets to it."""
+    if key.status in ("active", "expiring") and key.expires_at is not None and key.expires_at <= timezone.now():
+        return "retired"
+    return key.status
+
+
 def check_use(key: Any, use: str) -> None:
-    """Refuse [E4003] a use the key's state does not allow."""
-    if use not in ALLOWED_USES.get(key.status, set()):
-        raise KeyNotUsable(f"key '{key.name}' ({key.short_key_id}) is {key.status} and cannot {use}")
+    """Refuse [E4003] a use the key's state (or its passed expiry) does not allow."""
+    status = effective_status(key)
+    if use in ALLOWED_USES.get(status, set()):
+        return
+    if status != key.status:
+        raise KeyNotUsable(
+            f"key '{key.name}' ({key.short_key_id}) expired at {key.expires_at:%Y-%m-%d %H:%M %Z} and cannot {use}"
+        )
+    raise KeyNotUsable(f"key '{key.name}' ({key.short_key_id}) is {key.status} and cannot {use}")
 
 
 def _change(key: Any, status: str, *, by: Any, operation: str, **details: Any) -> None:
@@ -109,8 +122,12 @@ def successor_problem(key: Any, successor: Any) -> str | None:
 
 def encryption_key(key: Any) -> tuple[Any, str | None]:
     """The key to encrypt to: a retired key hands over to its active successor (with a note saying so)."""
-    if key.status == "retired" and key.successor_key is not None and key.successor_key.status in ("active", "expiring"):
-        successor = key.successor_key
+    successor = key.successor_key
+    if (
+        effective_status(key) == "retired"
+        and successor is not None
+        and effective_status(successor) in ("active", "expiring")
+    ):
         return successor, (
             f"key '{key.name}' ({key.short_key_id}) is retired; encrypted to its successor "
             f"'{successor.name}' ({successor.short_key_id})"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +15,7 @@ from typing import Any
 
 import gnupg
 
+from courier_site.errors import ConfigurationError
 from keystore.errors import CorruptKey, WrongPassphrase
 
 # Key-Type / Key-Length / curves for gpg's unattended key generation.
@@ -46,6 +48,11 @@ def gnupg_home() -> Iterator[gnupg.GPG]:
     home = tempfile.mkdtemp(prefix="courier-gnupg-")
     try:
         Path(home).chmod(0o700)
+        # allow-preset-passphrase lets unlock() hand the agent each key's passphrase (one --passphrase
+        # fits one key only). A fixed S2K count spares every new agent its start-up calibration, which
+        # takes seconds on a small machine; the highest count OpenPGP can express is at least as strong
+        # as the calibrated one.
+        (Path(home) / "gpg-agent.conf").write_text("allow-preset-passphrase\ns2k-count 65011712\n")
         gpg = gnupg.GPG(gnupghome=home)
         # python-gnupg feeds gpg's stdin 16 KiB at a time; 1 MiB blocks keep the Python
         # side out of the way on large files.
@@ -88,30 +95,56 @@ def _describe(gpg: gnupg.GPG, fingerprint: str, secret_bundle: str | None) -> Pg
     )
 
 
-def generate(algorithm: str, name: str, email: str = "", expire_days: int | None = None) -> PgpKeyMaterial:
-    """A new key pair; the secret key is returned unprotected (it is stored sealed by the master key)."""
+def check_new_passphrase(passphrase: str) -> None:
+    """Refuse [E4001] a passphrase gpg would alter: it reads it from one line of its parameter file, trimmed."""
+    if any(character in passphrase for character in "\r\n\x00"):
+        raise WrongPassphrase("a passphrase may not contain line breaks or NUL characters")
+    if passphrase != passphrase.strip():
+        raise WrongPassphrase("a passphrase may not start or end with spaces")
+
+
+def generate(
+    algorithm: str, name: str, email: str = "", expire_days: int | None = None, passphrase: str | None = None
+) -> PgpKeyMaterial:
+    """A new key pair, its secret key protected by passphrase if one is given (stored sealed either way)."""
     try:
         parameters = dict(ALGORITHMS[algorithm])
     except KeyError:
         raise CorruptKey(f"cannot generate {algorithm!r}; choose one of {', '.join(ALGORITHMS)}") from None
+    if passphrase:
+        check_new_passphrase(passphrase)
+        parameters["passphrase"] = passphrase
+    else:
+        parameters["no_protection"] = True
     with gnupg_home() as gpg:
         request = gpg.gen_key_input(
-            name_real=name,
+            # gpg reads one parameter a line: a line break in the name must not start another.
+            name_real=" ".join(name.split()),
             name_email=email or None,
-            no_protection=True,
             expire_date=f"{expire_days}d" if expire_days else 0,
             **parameters,
         )
         result = gpg.gen_key(request)
         if not result.fingerprint:
             raise CorruptKey(f"gpg could not generate the key: {result.stderr.strip().splitlines()[-1:]}")
-        armored = gpg.export_keys(result.fingerprint, secret=True, armor=True, expect_passphrase=False)
-        return _describe(gpg, result.fingerprint, json.dumps({"armored": armored, "passphrase": None}))
+        armored = gpg.export_keys(
+            result.fingerprint,
+            secret=True,
+            armor=True,
+            passphrase=passphrase or None,
+            expect_passphrase=bool(passphrase),
+        )
+        if "PRIVATE KEY BLOCK" not in armored:
+            raise CorruptKey(f"gpg generated the key but would not export it: {result.stderr.strip()[-200:]}")
+        return _describe(gpg, result.fingerprint, json.dumps({"armored": armored, "passphrase": passphrase or None}))
 
 
 def load(data: str | bytes, passphrase: str | None = None) -> PgpKeyMaterial:
     """Parse armored or binary PGP key data: a public key or a key pair (passphrase checked)."""
     with gnupg_home() as gpg:
+        if not passphrase:
+            # A protected key without its passphrase must fail at once, not wait for a pinentry.
+            gpg.options = ["--pinentry-mode", "error"]
         result = gpg.import_keys(data, passphrase=passphrase) if passphrase else gpg.import_keys(data)
         fingerprints = list(dict.fromkeys(result.fingerprints))
         if not fingerprints:
@@ -122,12 +155,66 @@ def load(data: str | bytes, passphrase: str | None = None) -> PgpKeyMaterial:
         secret = [key for key in gpg.list_keys(secret=True) if key["fingerprint"] == fingerprint]
         bundle = None
         if secret:
-            # Prove the passphrase by signing something with it.
-            signed = gpg.sign("courier passphrase check", keyid=fingerprint, passphrase=passphrase or "", detach=True)
-            if not signed.data:
-                raise WrongPassphrase("wrong or missing passphrase for the private key")
+            # Exporting has the agent unlock the key, which proves the passphrase; unlike a test
+            # signature it also works for a key pair that has expired (kept to decrypt old files).
             armored = gpg.export_keys(
                 fingerprint, secret=True, armor=True, passphrase=passphrase or None, expect_passphrase=bool(passphrase)
             )
+            if "PRIVATE KEY BLOCK" not in armored:
+                raise WrongPassphrase("wrong or missing passphrase for the private key")
             bundle = json.dumps({"armored": armored, "passphrase": passphrase or None})
         return _describe(gpg, fingerprint, bundle)
+
+
+def unlock(gpg: gnupg.GPG, fingerprint: str, passphrase: str) -> None:
+    """Give the agent of this GnuPG home the passphrase of an imported key pair (primary key and subkeys).
+
+    gpg then decrypts with whichever imported key a message names without asking for a passphrase,
+    which a single --passphrase cannot do when the key pairs have different ones.
+    """
+    keys = [key for key in gpg.list_keys(secret=True) if key["fingerprint"] == fingerprint]
+    if not keys:
+        raise CorruptKey(f"the private key {fingerprint} is not in the GnuPG home")
+    keygrips = [keys[0]["keygrip"], *(info["keygrip"] for info in keys[0]["subkey_info"].values())]
+    # The passphrase travels in hex on stdin, never on a command line other users could read.
+    hex_passphrase = passphrase.encode().hex().upper()
+    commands = "".join(f"PRESET_PASSPHRASE {keygrip} -1 {hex_passphrase}\n" for keygrip in keygrips if keygrip)
+    connect_agent = shutil.which("gpg-connect-agent")
+    if connect_agent is None:
+        raise ConfigurationError("gpg-connect-agent (part of GnuPG) is not on the PATH")
+    # Fixed arguments; the passphrase goes through stdin.
+    answer = subprocess.run(  # noqa: S603
+        [connect_agent, "--homedir", gpg.gnupghome],
+        input=commands + "/bye\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    if answer.returncode != 0 or "ERR" in answer.stdout:
+        raise CorruptKey(f"the gpg agent refused the passphrase of {fingerprint}: {answer.stdout.strip()[-200:]}")
+
+
+def decryption_key(result: Any) -> str | None:
+    """Fingerprint of the primary key whose (sub)key decrypted a message, from gpg's DECRYPTION_KEY status."""
+    for line in (result.stderr or "").splitlines():
+        parts = line.split()
+        # [GNUPG:] DECRYPTION_KEY <fingerprint of the subkey> <fingerprint of the primary key> <owner trust>
+        if parts[:2] == ["[GNUPG:]", "DECRYPTION_KEY"] and len(parts) >= 4:
+            return parts[3]
+    return None
+
+
+def signature_problem(result: Any) -> str:
+    """Why gpg did not accept a signature (verify or decrypt result), in words an operator can act on."""
+    # After EXPKEYSIG / REVKEYSIG gpg still sends VALIDSIG, which leaves status "signature valid".
+    if result.key_status:
+        return result.key_status
+    problems = [problem.get("status") for problem in result.problems]
+    if "no public key" in problems:
+        return "unknown signer"
+    if problems:
+        return problems[-1]
+    if result.status and result.status not in ("decryption ok", "signature valid"):
+        return result.status
+    return "no signature"

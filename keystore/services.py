@@ -90,9 +90,17 @@ def save_pgp_key(name: str, material: pgp.PgpKeyMaterial, *, by: Any, operation:
 
 
 def generate_pgp_key(
-    name: str, algorithm: str, *, by: Any, email: str = "", expire_days: int | None = None, purpose: str = ""
+    name: str,
+    algorithm: str,
+    *,
+    by: Any,
+    email: str = "",
+    expire_days: int | None = None,
+    purpose: str = "",
+    passphrase: str | None = None,
 ) -> Any:
-    material = pgp.generate(algorithm, name, email, expire_days)
+    """A new key pair; with a passphrase its private key is protected by it (kept sealed beside it)."""
+    material = pgp.generate(algorithm, name, email, expire_days, passphrase)
     return save_pgp_key(name, material, by=by, operation="generated", purpose=purpose)
 
 

@@ -14,7 +14,7 @@ from jobs.paths import resolve_path
 from jobs.steps.base import CancelToken, ConfigField, StepContext, StepResult, StepType, as_list, register
 from jobs.steps.files import select_sources
 from keystore import lifecycle
-from keystore.pgp import gnupg_home
+from keystore.pgp import decryption_key, gnupg_home, signature_problem, unlock
 
 CHUNK = 1024 * 1024
 
@@ -227,9 +227,11 @@ class DecryptStep(StepType):
         with gnupg_home() as gpg:
             for verifier in context.prepared["verifiers"]:
                 gpg.import_keys(verifier["public"])
-            for pair in context.prepared["pairs"]:
+            pairs = {pair["fingerprint"]: pair for pair in context.prepared["pairs"]}
+            for pair in pairs.values():
                 gpg.import_keys(pair["secret"], passphrase=pair["passphrase"])
-            passphrases = [pair["passphrase"] for pair in context.prepared["pairs"] if pair["passphrase"]]
+                if pair["passphrase"]:
+                    unlock(gpg, pair["fingerprint"], pair["passphrase"])
             for source in sources:
                 stem = source.name[:-4] if source.suffix.lower() in (".pgp", ".gpg", ".asc") else source.name + ".out"
                 target = _output_for(source.with_name(stem), config.get("output_path"), "", len(sources) == 1, context)
@@ -241,7 +243,8 @@ class DecryptStep(StepType):
                         reader,
                         always_trust=True,
                         output=str(target),
-                        passphrase=passphrases[0] if passphrases else None,
+                        # The agent holds every passphrase (unlock); never wait for a pinentry.
+                        extra_args=["--pinentry-mode", "error"],
                     )
                 finally:
                     reader.close()
@@ -253,13 +256,21 @@ class DecryptStep(StepType):
                 }
                 if config.get("verify_signature") and not result.valid:
                     target.unlink(missing_ok=True)
-                    raise StepFailed(f"{source.name} has no valid signature from a known key ({result.status})")
+                    raise StepFailed(
+                        f"{source.name} has no valid signature from a known key ({signature_problem(result)})"
+                    )
                 signatures.append(signature)
                 outputs.append(str(target))
                 total += source.stat().st_size
-                # The key gpg used is not reported reliably; every key pair offered is named.
-                for pair in context.prepared["pairs"]:
-                    audit.append(("pgp_key", pair["id"], "used_to_decrypt", {"file": source.name}))
+                used = pairs.get(decryption_key(result) or "")
+                if used is not None:
+                    audit.append(("pgp_key", used["id"], "used_to_decrypt", {"file": source.name}))
+                else:
+                    # Older gpg releases do not send DECRYPTION_KEY: name every key pair offered.
+                    for pair in pairs.values():
+                        audit.append(
+                            ("pgp_key", pair["id"], "used_to_decrypt", {"file": source.name, "key_not_reported": True})
+                        )
         return StepResult(
             outputs={"decrypted_files": outputs, "signature": signatures},
             bytes_processed=total,
@@ -375,8 +386,7 @@ class VerifyStep(StepType):
         cancel.check()
         fingerprint = result.pubkey_fingerprint or result.fingerprint
         if not result.valid:
-            reason = "unknown signer" if result.status == "no public key" else (result.status or "invalid")
-            raise StepFailed(f"signature on {data.name} is not valid: {reason}")
+            raise StepFailed(f"signature on {data.name} is not valid: {signature_problem(result)}")
         signer = known.get(fingerprint) or next(
             (key for key in known.values() if fingerprint and key["fingerprint"].endswith(fingerprint[-16:])), None
         )
@@ -384,7 +394,7 @@ class VerifyStep(StepType):
             raise StepFailed(f"signature on {data.name} comes from a key not in the key store ({fingerprint})")
         if signer["status"] == "revoked":
             raise StepFailed(f"signature on {data.name} was made by revoked key '{signer['name']}'")
-        if result.key_status or getattr(result, "expired", False):
+        if result.key_status:
             raise StepFailed(f"signature on {data.name} was made by an expired or revoked key ({result.key_status})")
         expected = config.get("expected_signer")
         if expected and expected not in (signer["id"], signer["fingerprint"]):

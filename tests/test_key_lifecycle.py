@@ -5,7 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth.models import Group
 from django.core.management import call_command
+from django.test import Client
+from django.urls import reverse
 from django.utils import timezone
 
 from audit.models import AuditLogEntry
@@ -71,3 +74,39 @@ def test_successor_chains_may_not_loop() -> None:
     assert lifecycle.successor_problem(first, first) == "a key cannot be its own successor"
     PgpKey.objects.filter(pk=second.pk).update(successor_key=first)
     assert "loops back" in lifecycle.successor_problem(first, PgpKey.objects.get(pk=second.pk))
+
+
+def test_a_key_past_its_expiry_cannot_encrypt_or_sign_before_the_daily_scan_retires_it() -> None:
+    lapsed = key("lapsed", -1)
+    assert lapsed.status == "active"
+    for use in ("encrypt", "sign"):
+        with pytest.raises(KeyNotUsable, match=r"\[E4003\].*expired at .* and cannot " + use):
+            lifecycle.check_use(lapsed, use)
+    lifecycle.check_use(lapsed, "decrypt")
+    lifecycle.check_use(lapsed, "verify")
+
+
+def test_encrypting_to_a_lapsed_key_uses_its_successor_before_the_daily_scan() -> None:
+    old, new = key("2025", -1), key("2026")
+    PgpKey.objects.filter(pk=old.pk).update(successor_key=new)
+    chosen, note = lifecycle.encryption_key(PgpKey.objects.select_related("successor_key").get(pk=old.pk))
+    assert chosen.pk == new.pk and "successor" in note
+
+
+def test_the_change_form_cannot_change_a_key_status(client: Client, django_user_model) -> None:
+    retired = key("retired")
+    lifecycle.retire(retired, by="admin")
+    user = django_user_model.objects.create_user(username="keys-admin", password="x" * 16, is_staff=True)
+    user.groups.add(Group.objects.get(name="Admin"))
+    client.force_login(user)
+    url = reverse("admin:keystore_pgpkey_change", args=[retired.pk])
+    page = client.get(url)
+    assert page.status_code == 200 and 'name="status"' not in page.content.decode()
+
+    response = client.post(url, {"name": "retired, renamed", "purpose": "", "status": "active", "successor_key": ""})
+
+    assert response.status_code == 302, response.content.decode()[:1500]
+    stored = PgpKey.objects.get(pk=retired.pk)
+    assert stored.name == "retired, renamed" and stored.status == "retired"
+    change = AuditLogEntry.objects.get(entity_id=retired.pk, operation="changed")
+    assert change.details["fields"] == ["name"]

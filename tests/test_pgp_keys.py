@@ -126,3 +126,78 @@ def test_admin_generates_a_key_in_the_console(client: Client, django_user_model)
     key = PgpKey.objects.get(name="Invoices 2026")
     assert key.algorithm == "rsa_3072" and key.purpose == "encrypt to ACME"
     assert AuditLogEntry.objects.filter(entity_id=key.pk, operation="generated").exists()
+
+
+def test_a_key_generated_with_a_passphrase_keeps_it_sealed_beside_the_private_key() -> None:
+    key = generate_pgp_key("protected", "ecc_p256", by="admin", passphrase="correct horse battery")
+    bundle = json.loads(keyring().open_text(key.private_key_data))
+    assert bundle["passphrase"] == "correct horse battery"
+    assert b"correct horse battery" not in bytes(key.private_key_data)
+
+
+@pytest.mark.parametrize("passphrase", ["two\nlines", " padded", "padded "])
+def test_generating_refuses_a_passphrase_gpg_would_change(passphrase: str) -> None:
+    with pytest.raises(WrongPassphrase, match=r"\[E4001\]"):
+        generate_pgp_key("odd passphrase", "ecc_p256", by="admin", passphrase=passphrase)
+    assert not PgpKey.objects.filter(name="odd passphrase").exists()
+
+
+def add_page_data(**overrides: object) -> dict[str, object]:
+    data = {
+        "name": "Protected 2026",
+        "purpose": "",
+        "mode": "generate",
+        "algorithm_choice": "rsa_2048",
+        "email": "ops@example.com",
+        "expire_days": "",
+        "key_data": "",
+        "passphrase": "",
+        "passphrase_again": "",
+    }
+    return {**data, **overrides}
+
+
+def test_the_add_page_refuses_passphrases_that_differ(client: Client, django_user_model) -> None:
+    login(client, django_user_model, "Admin")
+    response = client.post(
+        reverse("admin:keystore_pgpkey_add"), add_page_data(passphrase="s3cret phrase", passphrase_again="s3cret")
+    )
+    assert response.status_code == 200
+    assert "The two passphrases differ." in response.content.decode()
+    assert not PgpKey.objects.filter(name="Protected 2026").exists()
+
+
+def test_the_admin_export_of_a_key_generated_with_a_passphrase_is_protected_by_it(
+    client: Client, django_user_model, tmp_path: Path
+) -> None:
+    login(client, django_user_model, "Admin")
+    created = client.post(
+        reverse("admin:keystore_pgpkey_add"),
+        add_page_data(passphrase="s3cret phrase", passphrase_again="s3cret phrase"),
+    )
+    assert created.status_code == 302, created.content.decode()[:1500]
+    key = PgpKey.objects.get(name="Protected 2026")
+    exported = client.post(reverse("admin:keystore_pgpkey_private", args=[key.pk]), {"confirm": key.short_key_id})
+    assert b"BEGIN PGP PRIVATE KEY BLOCK" in exported.content
+
+    home = tmp_path / "holder"
+    home.mkdir(mode=0o700)
+    gpg = ["gpg", "--homedir", str(home), "--batch", "--trust-model", "always"]
+    subprocess.run([*gpg, "--import"], input=exported.content, check=True, capture_output=True)
+    subprocess.run(
+        [*gpg, "--recipient", key.fingerprint, "--output", str(tmp_path / "note.gpg"), "--encrypt"],
+        input=b"for the key holder",
+        check=True,
+        capture_output=True,
+    )
+
+    def decrypt(*passphrase_options: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([*gpg, *passphrase_options, "--decrypt", str(tmp_path / "note.gpg")], capture_output=True)
+
+    # The right passphrase goes last: the agent remembers it once it has worked.
+    without = decrypt("--pinentry-mode", "error")
+    wrong = decrypt("--pinentry-mode", "loopback", "--passphrase", "guess")
+    right = decrypt("--pinentry-mode", "loopback", "--passphrase", "s3cret phrase")
+    assert without.returncode != 0 and without.stdout == b""
+    assert wrong.returncode != 0 and wrong.stdout == b""
+    assert right.returncode == 0 and right.stdout == b"for the key holder"

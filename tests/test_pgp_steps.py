@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from audit.models import AuditLogEntry
+from jobs.errors import Cancelled
+from jobs.steps.base import CancelToken, get_step_type
 from keystore import lifecycle
 from keystore.models import PgpKey
 from keystore.services import generate_pgp_key
 from tests.engine_support import make_job, run_inline
+from tests.step_support import make_context
 
 pytestmark = pytest.mark.django_db
 
@@ -263,3 +269,111 @@ def test_every_use_of_a_key_is_audited(data_dir: Path) -> None:
     assert run_inline(job).state == "completed"
     operations = set(AuditLogEntry.objects.filter(entity_id=key.pk).values_list("operation", flat=True))
     assert {"generated", "used_to_encrypt", "used_to_sign", "used_to_decrypt", "used_to_verify"} <= operations
+
+
+def encrypt_then_decrypt(data_dir: Path, recipient: PgpKey, decrypt: dict[str, object]) -> object:
+    """Runs a job that encrypts payload.txt to recipient, then decrypts it with the given options."""
+    (data_dir / "payload.txt").write_text("quarterly figures\n")
+    return run_inline(
+        make_job(
+            [
+                ("pgp.encrypt", {"input_path": str(data_dir / "payload.txt"), "recipient_key_ids": str(recipient.pk)}),
+                (
+                    "pgp.decrypt",
+                    {"input_path": "context:0.encrypted_files", "output_path": str(data_dir / "back.txt"), **decrypt},
+                ),
+            ]
+        )
+    )
+
+
+def test_a_generated_key_with_a_passphrase_decrypts_in_a_step(data_dir: Path) -> None:
+    key = generate_pgp_key("protected", "rsa_2048", by="admin", passphrase="open sesame")
+    execution = encrypt_then_decrypt(data_dir, key, {"private_key_id": str(key.pk)})
+    assert execution.state == "completed", execution.error_message
+    assert (data_dir / "back.txt").read_text() == "quarterly figures\n"
+
+
+def test_a_generated_key_with_a_passphrase_signs_in_a_step(data_dir: Path) -> None:
+    key = generate_pgp_key("protected signer", "ecc_p256", by="admin", passphrase="open sesame")
+    (data_dir / "statement.txt").write_text("balance 100\n")
+    execution = run_inline(
+        make_job(
+            [
+                ("pgp.sign", {"input_path": str(data_dir / "statement.txt"), "signing_key_id": str(key.pk)}),
+                (
+                    "pgp.verify",
+                    {
+                        "input_path": str(data_dir / "statement.txt"),
+                        "signature_path": "context:0.signature_file",
+                        "expected_signer": str(key.pk),
+                    },
+                ),
+            ]
+        )
+    )
+    assert execution.state == "completed", execution.error_message
+    assert execution.context_snapshot["values"]["1.verify_status"] == "valid"
+
+
+def test_decrypt_audits_only_the_key_that_decrypted(data_dir: Path) -> None:
+    bystander = generate_pgp_key("bystander", "ecc_p256", by="admin")
+    recipient = generate_pgp_key("recipient", "ecc_p256", by="admin")
+    execution = encrypt_then_decrypt(data_dir, recipient, {})  # no private_key_id: every key pair is offered
+    assert execution.state == "completed", execution.error_message
+    decrypted = AuditLogEntry.objects.filter(operation="used_to_decrypt")
+    assert [str(entry.entity_id) for entry in decrypted] == [str(recipient.pk)]
+    assert not AuditLogEntry.objects.filter(entity_id=bystander.pk, operation="used_to_decrypt").exists()
+
+
+def test_decrypt_finds_the_right_key_among_key_pairs_with_different_passphrases(data_dir: Path) -> None:
+    generate_pgp_key("first", "ecc_p256", by="admin", passphrase="first passphrase")
+    second = generate_pgp_key("second", "ecc_p256", by="admin", passphrase="second passphrase")
+    execution = encrypt_then_decrypt(data_dir, second, {})
+    assert execution.state == "completed", execution.error_message
+    assert (data_dir / "back.txt").read_text() == "quarterly figures\n"
+
+
+def test_decrypt_requiring_a_signature_fails_on_an_unsigned_file(data_dir: Path) -> None:
+    key = generate_pgp_key("k", "ecc_p256", by="admin")
+    execution = encrypt_then_decrypt(data_dir, key, {"private_key_id": str(key.pk), "verify_signature": True})
+    assert execution.state == "failed"
+    assert "has no valid signature from a known key (no signature)" in execution.error_message
+    assert not (data_dir / "back.txt").exists()
+
+
+def test_cancel_during_a_large_encrypt_stops_within_a_second_and_leaves_no_output(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    key = generate_pgp_key("bulk", "rsa_2048", by="admin")
+    size = 1024 * 1024 * 1024
+    source = data_dir / "large.bin"
+    with source.open("wb") as handle:
+        handle.truncate(size)  # sparse: a gigabyte to stream without a gigabyte on disk
+    step = get_step_type("pgp.encrypt")
+    config = step.with_defaults({"input_path": str(source), "recipient_key_ids": str(key.pk)})
+    cancel = CancelToken()
+    context = make_context(tmp_path, cancel)
+    context.prepared = step.prepare(config)
+    requested_at: list[float] = []
+    finished = threading.Event()
+
+    def cancel_once_streaming() -> None:
+        while context.progress.bytes_done < 32 * 1024 * 1024 and not finished.is_set():
+            time.sleep(0.005)
+        requested_at.append(time.monotonic())
+        cancel.request("cancel")
+
+    canceller = threading.Thread(target=cancel_once_streaming)
+    canceller.start()
+    try:
+        with pytest.raises(Cancelled):
+            step.execute(config, context, cancel)
+        stopped_at = time.monotonic()
+    finally:
+        finished.set()
+        canceller.join()
+
+    assert stopped_at - requested_at[0] < 1.0
+    assert context.progress.bytes_done < size // 2
+    assert not (data_dir / "large.bin.pgp").exists()
