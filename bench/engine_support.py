@@ -1,15 +1,16 @@
-"""A real Celery worker against the benchmark's scratch database, and job helpers."""
+"""Real Celery worker and beat processes against the benchmark's scratch database, and job helpers."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -24,32 +25,99 @@ def database_url() -> str:
     return f"postgresql://{auth}@{settings['HOST'] or '127.0.0.1'}:{settings['PORT'] or 5432}/{settings['NAME']}"
 
 
-@contextmanager
-def worker(concurrency: int, broker_url: str) -> Iterator[subprocess.Popen]:
-    """A `celery worker` process with the bench step types; waits until it reports its heartbeat."""
-    from django.conf import settings
-    from django.db import connection
+def private_broker_url(index: int) -> str:
+    """The configured Redis server with another database number, so benchmark messages stay apart."""
+    base = os.environ.get("CELERY_BROKER_URL") or os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    head, _, tail = base.rpartition("/")
+    return f"{head}/{index}" if tail.isdigit() else f"{base.rstrip('/')}/{index}"
 
-    data_dir = tempfile.mkdtemp(prefix="courier-bench-")
-    env = {
+
+def _process_environment(broker_url: str, data_dir: str) -> dict[str, str]:
+    from django.conf import settings
+
+    return {
         **os.environ,
         "DATABASE_URL": database_url(),
         "CELERY_BROKER_URL": broker_url,
         "REDIS_URL": broker_url,
         "COURIER_DATA_DIR": data_dir,
         "COURIER_STEP_MODULES": "bench.steps",
+        # The queue names this process routes to; a benchmark that chose private ones must
+        # not have its children fall back to the queues of a real installation.
+        "COURIER_QUEUE": settings.COURIER_QUEUE,
+        "COURIER_CONTROL_QUEUE": settings.COURIER_CONTROL_QUEUE,
         "PYTHONPATH": str(ROOT),
     }
-    process = subprocess.Popen(
+
+
+def _start_celery(arguments: list[str], broker_url: str, data_dir: str) -> tuple[subprocess.Popen, Path]:
+    """Start `celery -A courier_site <arguments>` in a session of its own, logging into data_dir."""
+    log_path = Path(data_dir) / "celery.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "courier_site", *arguments],
+            cwd=ROOT,
+            env=_process_environment(broker_url, data_dir),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return process, log_path
+
+
+def _wait_for_heartbeat(kind: str, process: subprocess.Popen, log_path: Path, timeout: float = 60) -> None:
+    """Wait for the heartbeat row the process writes once it is ready; fail early when it exits."""
+    from django.db import connection
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the benchmark {kind} exited with {process.returncode}: {_tail(log_path)}")
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM process_heartbeats WHERE kind = %s AND pid = %s AND stopped_at IS NULL",
+                [kind, process.pid],
+            )
+            if cursor.fetchone()[0]:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"the benchmark {kind} did not start within {timeout:g} s: {_tail(log_path)}")
+
+
+def _tail(log_path: Path, characters: int = 2000) -> str:
+    return log_path.read_text(errors="replace")[-characters:] if log_path.exists() else "(no output)"
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """SIGTERM (Celery's warm shutdown), then SIGKILL for the whole process group."""
+    if process.poll() is None:
+        # To the main process only: it stops its pool children itself and marks its
+        # heartbeat stopped; a SIGTERM to the group would kill the children under it.
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(5)
+    # Pool processes left behind by a main process that died go with their group.
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+@contextmanager
+def worker(concurrency: int, broker_url: str, queues: Sequence[str] = ()) -> Iterator[subprocess.Popen]:
+    """A `celery worker` process with the bench step types; waits until it reports its heartbeat.
+
+    It consumes queues, by default COURIER_QUEUE (job runs).
+    """
+    from django.conf import settings
+
+    data_dir = tempfile.mkdtemp(prefix="courier-bench-")
+    process, log_path = _start_celery(
         [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "courier_site",
             "worker",
             "--queues",
-            settings.COURIER_QUEUE,
+            ",".join(queues or [settings.COURIER_QUEUE]),
             "--loglevel",
             "WARNING",
             "--concurrency",
@@ -59,30 +127,33 @@ def worker(concurrency: int, broker_url: str) -> Iterator[subprocess.Popen]:
             "--without-gossip",
             "--without-mingle",
         ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+        broker_url,
+        data_dir,
     )
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT count(*) FROM process_heartbeats WHERE kind = 'worker' AND stopped_at IS NULL")
-                if cursor.fetchone()[0]:
-                    break
-            time.sleep(0.2)
-        else:
-            raise RuntimeError("the benchmark worker did not start")
+        _wait_for_heartbeat("worker", process, log_path)
         time.sleep(1.0)  # let the pool processes finish booting
         yield process
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        _stop(process)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@contextmanager
+def beat(broker_url: str) -> Iterator[subprocess.Popen]:
+    """A `celery beat` process with Courier's beat schedule; waits until it reports its heartbeat."""
+    data_dir = tempfile.mkdtemp(prefix="courier-bench-beat-")
+    # A schedule file of its own: the default one belongs to the installation's beat.
+    schedule_file = Path(data_dir) / "celerybeat-schedule"
+    process, log_path = _start_celery(
+        ["beat", "--schedule", str(schedule_file), "--loglevel", "WARNING"], broker_url, data_dir
+    )
+    try:
+        _wait_for_heartbeat("beat", process, log_path)
+        yield process
+    finally:
+        _stop(process)
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def point_celery_at(broker_url: str) -> None:
