@@ -57,22 +57,29 @@ def _portable_configuration(configuration: dict[str, Any], names: dict[str, str]
     return portable
 
 
-def export_jobs(jobs: Any, chains: Any = None) -> dict[str, Any]:
-    """A JSON-ready document with the given jobs and chains: steps, schedules, dependencies, tags and
-    the connections they use (no secrets, no history). A chain brings its member jobs along."""
+def export_jobs(jobs: Any, chains: Any = None, monitors: Any = None) -> dict[str, Any]:
+    """A JSON-ready document with the given jobs, chains and monitors: steps, schedules, dependencies,
+    bindings, tags and the connections they use (no secrets, no history). A chain brings its member
+    jobs along, a monitor the jobs and chains it runs."""
     from connections.models import Connection
-    from jobs.models import Job
+    from jobs.models import Job, JobChain
     from tags.models import EntityTag
 
-    chains = list(chains.order_by("name")) if chains is not None else []
+    monitors = list(monitors.order_by("name")) if monitors is not None else []
+    bound = [binding for monitor in monitors for binding in monitor.bindings.all()]
+    chain_ids = {chain.pk for chain in (chains if chains is not None else [])}
+    chain_ids |= {binding.chain_id for binding in bound if binding.chain_id}
+    chains = list(JobChain.objects.filter(pk__in=chain_ids).order_by("name"))
     member_ids = {member.job_id for chain in chains for member in chain.members.all()}
-    jobs = list(Job.objects.filter(pk__in={*(job.pk for job in jobs), *member_ids}).order_by("name"))
+    bound_ids = {binding.job_id for binding in bound if binding.job_id}
+    jobs = list(Job.objects.filter(pk__in={*(job.pk for job in jobs), *member_ids, *bound_ids}).order_by("name"))
     used = {
         str(step.configuration.get("connection_id"))
         for job in jobs
         for step in job.steps.all()
         if isinstance(step.configuration, dict) and step.configuration.get("connection_id")
     }
+    used |= {str((monitor.watch_target or {}).get("connection_id")) for monitor in monitors}
     connections = list(Connection.objects.filter(pk__in=[pk for pk in used if _is_uuid(pk)]).order_by("name"))
     names = {str(connection.pk): connection.name for connection in connections}
     exported = []
@@ -115,6 +122,41 @@ def export_jobs(jobs: Any, chains: Any = None) -> dict[str, Any]:
         ],
         "jobs": exported,
         "chains": [_portable_chain(chain) for chain in chains],
+        "monitors": [_portable_monitor(monitor, names) for monitor in monitors],
+    }
+
+
+MONITOR_FIELDS = (
+    "description",
+    "trigger_events",
+    "file_patterns",
+    "polling_interval_sec",
+    "stability_window_sec",
+    "batch_mode",
+    "max_consecutive_failures",
+)
+
+
+def _portable_monitor(monitor: Any, names: dict[str, str]) -> dict[str, Any]:
+    from tags.models import EntityTag
+
+    target = dict(monitor.watch_target or {})
+    if target.get("connection_id") and str(target["connection_id"]) in names:
+        target["connection_id"] = CONNECTION_REFERENCE + names[str(target["connection_id"])]
+    return {
+        "name": monitor.name,
+        "watch_target": target,
+        **{field: getattr(monitor, field) for field in MONITOR_FIELDS},
+        "is_enabled": monitor.state != "disabled",
+        "runs": [
+            {"job": binding.job.name} if binding.job_id else {"chain": binding.chain.name}
+            for binding in monitor.bindings.select_related("job", "chain")
+        ],
+        "tags": sorted(
+            EntityTag.objects.filter(entity_type="file_monitor", entity_id=monitor.pk).values_list(
+                "tag__name", flat=True
+            )
+        ),
     }
 
 
@@ -136,7 +178,7 @@ def _portable_chain(chain: Any) -> dict[str, Any]:
         "description": chain.description or "",
         "is_enabled": chain.is_enabled,
         "tags": sorted(
-            EntityTag.objects.filter(entity_type="chain", entity_id=chain.pk).values_list("tag__name", flat=True)
+            EntityTag.objects.filter(entity_type="job_chain", entity_id=chain.pk).values_list("tag__name", flat=True)
         ),
         "members": [
             {
@@ -245,6 +287,7 @@ def import_jobs(document: Any, *, by: Any, dry_run: bool = False) -> dict[str, l
         "updated": [],
         "unchanged": [],
         "chains": [],
+        "monitors": [],
         "connections_needing_password": [],
     }
     with transaction.atomic():
@@ -291,6 +334,8 @@ def import_jobs(document: Any, *, by: Any, dry_run: bool = False) -> dict[str, l
         _import_dependencies(jobs)
         for data in document.get("chains") or []:
             _import_chain(data, by=by, report=report)
+        for data in document.get("monitors") or []:
+            _import_monitor(data, ids, by=by, report=report)
         if dry_run:
             transaction.set_rollback(True)
         else:
@@ -433,8 +478,65 @@ def _import_chain(data: dict[str, Any], *, by: Any, report: dict[str, list[str]]
     _replace_schedules(chain, data.get("schedules"), label)
     for tag_name in data.get("tags") or []:
         tag = Tag.objects.filter(name__iexact=tag_name).first() or Tag.objects.create(name=tag_name)
-        EntityTag.objects.get_or_create(tag=tag, entity_type="chain", entity_id=chain.pk)
+        EntityTag.objects.get_or_create(tag=tag, entity_type="job_chain", entity_id=chain.pk)
     AuditLogEntry.objects.record(
         entity_type="chain", entity_id=chain.pk, operation="imported", performed_by=by, details={"name": chain.name}
     )
     report["chains"].append(chain.name)
+
+
+def _import_monitor(data: Any, connection_ids: dict[str, str], *, by: Any, report: dict[str, list[str]]) -> None:
+    """Create or update a monitor by name; its bindings name jobs and chains, its remote target a connection."""
+    from jobs.models import Job, JobChain
+    from monitors import services
+    from monitors.models import FileMonitor, MonitorJobBinding
+    from tags.models import EntityTag, Tag
+
+    if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not data["name"].strip():
+        raise ImportRefused('every monitor needs a non-empty "name"')
+    label = f"monitor '{data['name']}'"
+    target = dict(data.get("watch_target") or {})
+    reference = target.get("connection_id")
+    if isinstance(reference, str) and reference.startswith(CONNECTION_REFERENCE):
+        name = reference[len(CONNECTION_REFERENCE) :]
+        if name not in connection_ids:
+            raise ImportRefused(f"{label}: no connection named '{name}'")
+        target["connection_id"] = connection_ids[name]
+    monitor = FileMonitor.objects.filter(name=data["name"]).order_by("created_at").first()
+    created = monitor is None
+    monitor = monitor or FileMonitor(name=data["name"], state="active")
+    monitor.watch_target = target
+    for field in MONITOR_FIELDS:
+        if field in data:
+            setattr(monitor, field, data[field])
+    if not data.get("is_enabled", True):
+        monitor.state = "disabled"
+    elif monitor.state == "disabled":
+        monitor.state = "active"
+    try:
+        services.check_definition(monitor)
+    except CourierError as error:
+        raise ImportRefused(f"{label}: {error}") from error
+    monitor.save()
+    monitor.bindings.all().delete()
+    for run in data.get("runs") or []:
+        job = Job.objects.filter(name=run.get("job")).first() if isinstance(run, dict) and run.get("job") else None
+        chain = (
+            JobChain.objects.filter(name=run.get("chain")).first()
+            if isinstance(run, dict) and run.get("chain")
+            else None
+        )
+        if (job is None) == (chain is None):
+            raise ImportRefused(f"{label}: each run names an existing job or chain, not {run!r}")
+        MonitorJobBinding.objects.create(monitor=monitor, job=job, chain=chain)
+    for tag_name in data.get("tags") or []:
+        tag = Tag.objects.filter(name__iexact=tag_name).first() or Tag.objects.create(name=tag_name)
+        EntityTag.objects.get_or_create(tag=tag, entity_type="file_monitor", entity_id=monitor.pk)
+    AuditLogEntry.objects.record(
+        entity_type="file_monitor",
+        entity_id=monitor.pk,
+        operation="imported",
+        performed_by=by,
+        details={"name": monitor.name, "created": created},
+    )
+    report["monitors"].append(monitor.name)

@@ -30,6 +30,9 @@ class FileMonitor(SoftDeleteModel):
     max_consecutive_failures = models.IntegerField(default=5, help_text="Failures in a row before the monitor errors.")
     consecutive_failure_count = models.IntegerField(default=0, editable=False)
     state = models.TextField(choices=State.choices, default=State.ACTIVE)
+    next_poll_at = models.DateTimeField(db_default=Now(), editable=False, help_text="When the next scan is due.")
+    last_polled_at = models.DateTimeField(null=True, blank=True, editable=False, help_text="Last successful scan.")
+    last_error = models.TextField(null=True, blank=True, editable=False, help_text="Why the last scan failed.")
     created_at = models.DateTimeField(db_default=Now(), editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -99,7 +102,8 @@ class MonitorFileLog(models.Model):
     file_hash = models.TextField(null=True, blank=True)
     last_modified = models.DateTimeField()
     triggered_at = models.DateTimeField(db_default=Now(), editable=False)
-    execution_id = models.UUIDField(help_text="Execution the file triggered.")
+    execution_id = models.UUIDField(help_text="Job or chain execution the file triggered.")
+    trigger_event = models.TextField(null=True, blank=True, help_text="FileCreated, FileModified or FileExists.")
 
     class Meta:
         managed = False

@@ -160,8 +160,8 @@ class CeleryCluster:
             "--loglevel",
             "INFO",
             "--queues",
-            # Job runs and the clock's control tasks (sweeps, schedule ticks) alike.
-            f"{os.environ['COURIER_QUEUE']},{os.environ['COURIER_QUEUE']}-control",
+            # Job runs, the clock's control tasks (sweeps, schedule ticks) and monitor scans alike.
+            ",".join(f"{os.environ['COURIER_QUEUE']}{suffix}" for suffix in ("", "-control", "-monitors")),
             "--concurrency",
             str(concurrency),
             "--hostname",

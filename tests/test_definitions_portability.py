@@ -227,3 +227,62 @@ def test_an_import_with_an_invalid_schedule_writes_nothing() -> None:
         import_jobs(document, by="deployer")
 
     assert JobChain.objects.get(name="Nightly").description in ("", None)
+
+
+def test_monitors_travel_with_their_bindings_tags_and_chain(tmp_path: Path, settings) -> None:
+    from jobs.models import JobChain
+    from monitors.models import FileMonitor, MonitorJobBinding
+
+    settings.COURIER_DATA_DIR = tmp_path
+    settings.COURIER_ALLOWED_ROOTS = [tmp_path]
+    _chain_with_schedules()
+    chain = JobChain.objects.get(name="Nightly")
+    tag = Tag.objects.create(name="Month end")
+    EntityTag.objects.create(tag=tag, entity_type="job_chain", entity_id=chain.pk)
+    monitor = FileMonitor.objects.create(
+        name="Inbox",
+        watch_target={"type": "local", "path": str(tmp_path)},
+        trigger_events=3,
+        file_patterns=["*.csv"],
+        batch_mode=False,
+    )
+    MonitorJobBinding.objects.create(monitor=monitor, chain=chain)
+    MonitorJobBinding.objects.create(monitor=monitor, job=Job.objects.get(name="Load"))
+    EntityTag.objects.create(tag=tag, entity_type="file_monitor", entity_id=monitor.pk)
+    path = tmp_path / "definitions.json"
+    call_command("export_definitions", "--output", str(path), "--monitor", "Inbox")
+    document = json.loads(path.read_text())
+    assert [chain["name"] for chain in document["chains"]] == ["Nightly"]
+
+    # Another environment: nothing of it exists yet.
+    monitor.hard_delete()
+    chain.hard_delete()
+    for job in Job.all_objects.all():
+        job.hard_delete()
+    report = import_jobs(document, by="deployer")
+
+    assert report["monitors"] == ["Inbox"]
+    imported = FileMonitor.objects.get(name="Inbox")
+    assert (imported.trigger_events, imported.file_patterns, imported.batch_mode) == (3, ["*.csv"], False)
+    runs = {(b.job.name if b.job else None, b.chain.name if b.chain else None) for b in imported.bindings.all()}
+    assert runs == {(None, "Nightly"), ("Load", None)}
+    new_chain = JobChain.objects.get(name="Nightly")
+    assert EntityTag.objects.filter(entity_type="job_chain", entity_id=new_chain.pk, tag__name="Month end").exists()
+    assert EntityTag.objects.filter(entity_type="file_monitor", entity_id=imported.pk).exists()
+
+
+def test_a_monitor_with_a_too_short_interval_is_refused_on_import(tmp_path: Path, settings) -> None:
+    settings.COURIER_DATA_DIR = tmp_path
+    settings.COURIER_ALLOWED_ROOTS = [tmp_path]
+    document = export_jobs(Job.objects.none())
+    document["monitors"] = [
+        {
+            "name": "Fast",
+            "watch_target": {"type": "local", "path": str(tmp_path)},
+            "trigger_events": 1,
+            "polling_interval_sec": 5,
+        }
+    ]
+
+    with pytest.raises(ImportRefused, match=r"E2060.*monitor 'Fast'.*E5000.*30 seconds"):
+        import_jobs(document, by="deployer")

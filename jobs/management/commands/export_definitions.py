@@ -20,20 +20,29 @@ class Command(BaseCommand):
         parser.add_argument(
             "--chain", action="append", default=[], help="export only this chain and its member jobs (repeatable)"
         )
+        parser.add_argument(
+            "--monitor", action="append", default=[], help="export only this monitor and what it runs (repeatable)"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         from jobs.models import Job, JobChain
+        from monitors.models import FileMonitor
 
         jobs = Job.objects.all()
         chains = JobChain.objects.all()
-        if options["job"] or options["chain"]:
+        monitors = FileMonitor.objects.all()
+        if options["job"] or options["chain"] or options["monitor"]:
             jobs = jobs.filter(name__in=options["job"])
             chains = chains.filter(name__in=options["chain"])
-        document = export_jobs(jobs, chains)
+            monitors = monitors.filter(name__in=options["monitor"])
+        document = export_jobs(jobs, chains, monitors)
         text = json.dumps(document, indent=2, sort_keys=False)
         if options["output"]:
             Path(options["output"]).write_text(text + "\n")
-            counts = f"{len(document['jobs'])} job(s) and {len(document['chains'])} chain(s)"
+            counts = (
+                f"{len(document['jobs'])} job(s), {len(document['chains'])} chain(s) "
+                f"and {len(document['monitors'])} monitor(s)"
+            )
             self.stderr.write(f"Exported {counts} to {options['output']}.")
         else:
             self.stdout.write(text)

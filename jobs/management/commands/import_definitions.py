@@ -32,7 +32,8 @@ class Command(BaseCommand):
         prefix = "Dry run: would import" if options["dry_run"] else "Imported"
         self.stdout.write(
             f"{prefix} {len(report['created'])} new, {len(report['updated'])} updated, "
-            f"{len(report['unchanged'])} unchanged job(s); {len(report['chains'])} chain(s)."
+            f"{len(report['unchanged'])} unchanged job(s); {len(report['chains'])} chain(s), "
+            f"{len(report['monitors'])} monitor(s)."
         )
         if report["connections_needing_password"]:
             names = ", ".join(report["connections_needing_password"])

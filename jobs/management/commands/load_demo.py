@@ -14,6 +14,8 @@ from jobs.definitions import record_version
 DEMO_JOB = "Demo: package the partner inbox"
 DEMO_ARCHIVE_JOB = "Demo: archive delivered packages"
 DEMO_CHAIN = "Demo: nightly partner run"
+DEMO_DROP_JOB = "Demo: deliver each dropped file"
+DEMO_MONITOR = "Demo: partner drop folder"
 
 
 class Command(BaseCommand):
@@ -36,6 +38,15 @@ class Command(BaseCommand):
             if not (inbox / name).exists():
                 (inbox / name).write_text(text)
         (demo / "archive").mkdir(exist_ok=True)
+        drop = demo / "drop"
+        drop.mkdir(exist_ok=True)
+        if not Job.objects.filter(name=DEMO_DROP_JOB).exists():
+            with transaction.atomic():
+                self._create_drop_monitor(demo, drop)
+            self.stdout.write(
+                f"Created monitor '{DEMO_MONITOR}': drop any file into {drop} and watch it being packed and "
+                f"delivered to {demo / 'outbound'} within seconds."
+            )
         if Job.objects.filter(name=DEMO_JOB).exists():
             self.stdout.write(f"Demo job '{DEMO_JOB}' already exists; sample files are in {inbox}.")
             return
@@ -105,3 +116,44 @@ class Command(BaseCommand):
         schedule = ChainSchedule(chain=chain, schedule_type="cron", cron_expression="0 2 * * *")
         scheduling.refresh(schedule)
         schedule.save()
+
+    def _create_drop_monitor(self, demo: Path, drop: Path) -> None:
+        """A local monitor on the drop folder, one run per file: pack it, deliver it, clear the drop folder."""
+        from jobs.models import Job, JobStep
+        from monitors.models import FileMonitor, MonitorJobBinding
+
+        job = Job.objects.create(
+            name=DEMO_DROP_JOB,
+            description="Run by the demo monitor for each file dropped in the demo drop folder: zips the file, "
+            "copies the archive to the demo outbound folder and removes the dropped file.",
+        )
+        dropped = "context:monitor.triggered_files[0].path"
+        steps = [
+            ("Pack the dropped file", "file.zip", {"source_path": dropped, "output_path": "out/{execution_id}.zip"}),
+            (
+                "Deliver",
+                "file.copy",
+                {"source_path": "context:pack.archive_path", "destination_path": f"{demo / 'outbound'}/"},
+            ),
+            ("Clear the drop folder", "file.delete", {"path": dropped}),
+        ]
+        for order, (name, type_key, configuration) in enumerate(steps):
+            JobStep.objects.create(
+                job=job,
+                step_order=order,
+                name=name,
+                type_key=type_key,
+                configuration=configuration,
+                alias="pack" if order == 0 else None,
+            )
+        record_version(job, created_by="system")
+        monitor = FileMonitor.objects.create(
+            name=DEMO_MONITOR,
+            description="Watches the demo drop folder; each file triggers its own run once unchanged for 2 s.",
+            watch_target={"type": "local", "path": str(drop)},
+            trigger_events=1,
+            polling_interval_sec=30,
+            stability_window_sec=2,
+            batch_mode=False,
+        )
+        MonitorJobBinding.objects.create(monitor=monitor, job=job)
