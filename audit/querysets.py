@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import datetime
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
@@ -96,8 +97,29 @@ class AuditLogEntryQuerySet(models.QuerySet):
         """History of one entity, newest first (served by ix_audit_entity)."""
         return self.filter(entity_type=entity_type, entity_id=entity_uuid(entity_id)).order_by("-performed_at")
 
+    def performed_between(self, start: datetime | None, end: datetime | None) -> AuditLogEntryQuerySet:
+        """Records with start <= performed_at < end: the bound PostgreSQL prunes monthly partitions by."""
+        return _between(self, "performed_at", start, end)
+
+    def details_containing(self, fragment: dict[str, Any]) -> AuditLogEntryQuerySet:
+        """Records whose details contain fragment (jsonb @>, served by ix_audit_details_gin)."""
+        return self.filter(details__contains=fragment)
+
 
 class DomainEventQuerySet(models.QuerySet):
     def unprocessed(self) -> DomainEventQuerySet:
         """Events not yet handled by a relay, oldest first (ix_domain_events_unprocessed)."""
         return self.filter(processed_at__isnull=True).order_by("occurred_at")
+
+    def occurred_between(self, start: datetime | None, end: datetime | None) -> DomainEventQuerySet:
+        """Events with start <= occurred_at < end (partition pruning on occurred_at)."""
+        return _between(self, "occurred_at", start, end)
+
+
+def _between(queryset: models.QuerySet, field: str, start: datetime | None, end: datetime | None) -> Any:
+    bounds = {}
+    if start is not None:
+        bounds[f"{field}__gte"] = start
+    if end is not None:
+        bounds[f"{field}__lt"] = end
+    return queryset.filter(**bounds)

@@ -19,7 +19,8 @@ from connections import hostkeys
 from connections.diagnostics import test_connection
 from connections.forms import ConnectionForm, is_admin
 from connections.models import Connection, KnownHost
-from courier_site.admin_base import SoftDeleteAdmin, yes_no
+from courier_site.admin_base import AuditHistoryMixin, SoftDeleteAdmin, yes_no
+from tags.admin_mixins import TaggableAdminMixin
 
 
 class KnownHostInline(TabularInline):
@@ -34,7 +35,9 @@ class KnownHostInline(TabularInline):
 
 
 @admin.register(Connection)
-class ConnectionAdmin(SoftDeleteAdmin):
+class ConnectionAdmin(TaggableAdminMixin, AuditHistoryMixin, SoftDeleteAdmin):
+    tag_entity_type = "connection"
+    audit_entity_type = "connection"
     form = ConnectionForm
     list_display = (
         "name",

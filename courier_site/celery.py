@@ -21,8 +21,12 @@ CONTROL_TASKS = frozenset(
         "jobs.dispatch_sweep",
         "jobs.recover_lost_executions",
         "jobs.reconcile_chains",
+        "monitors.poll_due_monitors",
     }
 )
+# Monitor scans list directories, remote ones over the network: they get a queue (and
+# worker) of their own so that a slow partner server never holds up the clock.
+MONITOR_TASKS = frozenset({"monitors.poll_monitor"})
 
 
 def control_queue() -> str:
@@ -31,12 +35,20 @@ def control_queue() -> str:
     return settings.COURIER_CONTROL_QUEUE or f"{settings.COURIER_QUEUE}-control"
 
 
+def monitor_queue() -> str:
+    from django.conf import settings
+
+    return f"{settings.COURIER_QUEUE}-monitors"
+
+
 def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **_: Any) -> dict[str, str] | None:
     """Celery router: clock tasks go to the control queue, everything else to COURIER_QUEUE."""
     from django.conf import settings
 
     if name in CONTROL_TASKS:
         return {"queue": control_queue()}
+    if name in MONITOR_TASKS:
+        return {"queue": monitor_queue()}
     return {"queue": settings.COURIER_QUEUE}
 
 
@@ -49,6 +61,17 @@ app.conf.beat_schedule = {
         "schedule": 1.0,
         "args": (1.0,),
         "options": {"expires": 5},
+    },
+    # File monitors whose scan is due (SPEC 7); each is then polled by a task of its own.
+    "every-2s-poll-due-monitors": {
+        "task": "monitors.poll_due_monitors",
+        "schedule": 2.0,
+        "options": {"expires": 10},
+    },
+    "daily-prune-monitor-file-log": {
+        "task": "monitors.prune_file_log",
+        "schedule": crontab(minute=47, hour=3),
+        "options": {"expires": 6 * 3600},
     },
     # Behind the in-transaction propagation: chains whose member ended unnoticed move on.
     "every-30s-reconcile-chains": {
@@ -82,6 +105,13 @@ app.conf.beat_schedule = {
         "task": "courier_site.tasks.create_monthly_partitions",
         "schedule": crontab(minute=17, hour=3, day_of_week="mon"),
         "options": {"expires": 6 * 3600},
+    },
+    # Retention (SPEC 3): export, verify and drop partitions past retention, an hour after
+    # the partitions ahead were made. Default queue: a long run must not hold up the clock.
+    "weekly-archive-expired-partitions": {
+        "task": "courier_site.tasks.archive_expired_partitions",
+        "schedule": crontab(minute=17, hour=4, day_of_week="mon"),
+        "options": {"expires": 12 * 3600},
     },
 }
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
 import redis
@@ -12,6 +14,8 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from courier_site import heartbeats, partitions
+from courier_site.archival import ExportStatus, export_status
+from courier_site.errors import ConfigurationError
 from system.values import setting_int
 
 
@@ -66,31 +70,100 @@ def health(request: HttpRequest) -> JsonResponse:
     )
 
 
-def partition_report() -> dict[str, Any]:
-    """Per-table partition health: unhealthy when a coming month is missing, warning when archival is overdue."""
-    overdue_after = setting_int("partition.archive_overdue_warning_months", 2)
-    tables = {}
+@dataclass
+class TablePartitionHealth:
+    """One history table's partitions as the console and /health/partitions show them."""
+
+    table: str
+    # healthy | warning (archival overdue or failing, unusable retention setting) | unhealthy (a coming month missing)
+    status: str
+    partition_count: int
+    size_bytes: int  # pg_total_relation_size summed over the partitions
+    oldest_partition: str | None  # first day of the oldest partition's range, ISO date
+    newest_partition: str | None
+    missing_months: list[str]
+    archive_overdue_months: list[str]
+    retention_months: int | None  # None when the setting is unusable (see problem)
+    export: ExportStatus
+    problem: str | None = None
+
+
+def partition_health(*, today: date | None = None, using: str = "default") -> list[TablePartitionHealth]:
+    """Partition health of every partitioned table, for dashboards and /health/partitions.
+
+    Cheap enough for a page view: catalog reads per table and one indexed audit query.
+    """
+    overdue_after = setting_int(
+        "partition.archive_overdue_warning_months", partitions.DEFAULT_OVERDUE_WARNING_MONTHS, using=using
+    )
+    exports = export_status(partitions.PARTITIONED_TABLES, using=using)
+    tables = []
     for table in partitions.PARTITIONED_TABLES:
-        retention = setting_int(partitions.RETENTION_SETTINGS[table], 12)
-        health = partitions.table_health(table, retention_months=retention, overdue_warning_months=overdue_after)
+        problem = None
+        try:
+            retention: int | None = partitions.retention_months(table, using=using)
+        except ConfigurationError as error:
+            retention, problem = None, str(error)
+        health = partitions.table_health(
+            table, retention_months=retention, overdue_warning_months=overdue_after, today=today, using=using
+        )
+        export = exports[table]
         if health.missing_months:
             status = "unhealthy"
-        elif health.overdue_months:
+        elif health.overdue_months or problem or export.state == "failed":
+            # A failing export warns at once, before the months it keeps become overdue.
             status = "warning"
         else:
             status = "healthy"
-        tables[table] = {
-            "status": status,
-            "partition_count": len(health.partitions),
-            "oldest_partition": health.oldest,
-            "newest_partition": health.partitions[-1].start.date().isoformat() if health.partitions else None,
-            "missing_months": health.missing_months,
-            "archive_overdue_months": health.overdue_months,
-            "retention_months": retention,
-        }
-    statuses = {table["status"] for table in tables.values()}
-    overall = "unhealthy" if "unhealthy" in statuses else "warning" if "warning" in statuses else "healthy"
-    return {"status": overall, "tables": tables}
+        tables.append(
+            TablePartitionHealth(
+                table=table,
+                status=status,
+                partition_count=len(health.partitions),
+                size_bytes=sum(partition.size_bytes for partition in health.partitions),
+                oldest_partition=health.oldest,
+                newest_partition=health.partitions[-1].start.date().isoformat() if health.partitions else None,
+                missing_months=health.missing_months,
+                archive_overdue_months=health.overdue_months,
+                retention_months=retention,
+                export=export,
+                problem=problem,
+            )
+        )
+    return tables
+
+
+def overall_status(tables: list[TablePartitionHealth]) -> str:
+    statuses = {table.status for table in tables}
+    return "unhealthy" if "unhealthy" in statuses else "warning" if "warning" in statuses else "healthy"
+
+
+def partition_report() -> dict[str, Any]:
+    """Per-table partition health: unhealthy when a coming month is missing, warning when archival is overdue.
+
+    Archive error messages (paths, storage errors) stay out of this public report; the
+    console and `manage.py partitions status` show them.
+    """
+    tables = partition_health()
+    return {
+        "status": overall_status(tables),
+        "tables": {
+            table.table: {
+                "status": table.status,
+                "partition_count": table.partition_count,
+                "size_bytes": table.size_bytes,
+                "oldest_partition": table.oldest_partition,
+                "newest_partition": table.newest_partition,
+                "missing_months": table.missing_months,
+                "archive_overdue_months": table.archive_overdue_months,
+                "retention_months": table.retention_months,
+                "export_status": table.export.state,
+                "last_archived_month": table.export.last_archived_month,
+                **({"error": table.problem} if table.problem else {}),
+            }
+            for table in tables
+        },
+    }
 
 
 @never_cache

@@ -47,6 +47,9 @@ if _master_key_problem:
 
 COURIER_DATA_DIR = Path(env.str("COURIER_DATA_DIR", default=str(BASE_DIR / ".data" / "files")))
 COURIER_SQL_DIR = BASE_DIR / "sql"
+# Expired history partitions are exported here (gzip CSV + SHA-256 manifest) before they
+# are dropped. Give it a volume of its own in production: it is the only copy of that history.
+COURIER_ARCHIVE_DIR = Path(env.str("COURIER_ARCHIVE_DIR", default=str(COURIER_DATA_DIR / "archive")))
 # Steps may only touch paths under these folders (the data dir always included) [E2040].
 # Extra modules that register step types (plug-ins), e.g. "acme_steps.partner_api".
 COURIER_STEP_MODULES = env.list("COURIER_STEP_MODULES", default=[])
@@ -132,6 +135,15 @@ LOGIN_URL = "admin:login"
 SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=IS_PRODUCTION)
 CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=IS_PRODUCTION)
 SESSION_COOKIE_AGE = env.int("SESSION_COOKIE_AGE", default=int(timedelta(hours=8).total_seconds()))
+# Sign-in throttling: this many failed console logins for one username, or from one client
+# address, within COURIER_LOGIN_LOCKOUT_MINUTES lock that username or address for as long.
+# Counters live in PostgreSQL (login_throttles) so every web host enforces the same lock.
+COURIER_LOGIN_MAX_FAILURES = env.int("COURIER_LOGIN_MAX_FAILURES", default=5)
+COURIER_LOGIN_LOCKOUT_MINUTES = env.int("COURIER_LOGIN_LOCKOUT_MINUTES", default=15)
+if COURIER_LOGIN_MAX_FAILURES < 1 or COURIER_LOGIN_LOCKOUT_MINUTES < 1:
+    raise environ.ImproperlyConfigured(
+        "[E1005] COURIER_LOGIN_MAX_FAILURES and COURIER_LOGIN_LOCKOUT_MINUTES must be at least 1"
+    )
 
 # ---------------------------------------------------------------- Celery
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)

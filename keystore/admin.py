@@ -17,7 +17,7 @@ from unfold.admin import ModelAdmin
 
 from audit.models import AuditLogEntry
 from connections.forms import is_admin
-from courier_site.admin_base import SoftDeleteAdmin, yes_no
+from courier_site.admin_base import AuditHistoryMixin, SoftDeleteAdmin, yes_no
 from courier_site.errors import CourierError
 from keystore import lifecycle
 from keystore.forms import PgpKeyAddForm, PgpKeyChangeForm, SshKeyAddForm
@@ -25,6 +25,7 @@ from keystore.models import PgpKey, PublicKeyShareToken, SshKey
 from keystore.services import export_private_pgp_key, save_pgp_key, save_ssh_key
 from keystore.sharing import create_link, revoke_link
 from system.values import setting_bool, setting_int
+from tags.admin_mixins import TaggableAdminMixin
 
 
 class KeyCreationMixin:
@@ -81,7 +82,8 @@ class KeyCreationMixin:
 
 
 @admin.register(PgpKey)
-class PgpKeyAdmin(KeyCreationMixin, SoftDeleteAdmin):
+class PgpKeyAdmin(TaggableAdminMixin, KeyCreationMixin, AuditHistoryMixin, SoftDeleteAdmin):
+    tag_entity_type = "pgp_key"
     add_form = PgpKeyAddForm
     change_form = PgpKeyChangeForm
     audit_entity_type = "pgp_key"
@@ -231,7 +233,8 @@ class PgpKeyAdmin(KeyCreationMixin, SoftDeleteAdmin):
 
 
 @admin.register(SshKey)
-class SshKeyAdmin(KeyCreationMixin, SoftDeleteAdmin):
+class SshKeyAdmin(TaggableAdminMixin, KeyCreationMixin, AuditHistoryMixin, SoftDeleteAdmin):
+    tag_entity_type = "ssh_key"
     add_form = SshKeyAddForm
     add_fields = ("name", "mode", "key_type", "private_key", "passphrase", "notes")
     audit_entity_type = "ssh_key"

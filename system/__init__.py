@@ -1,1 +1,1 @@
-"""System settings editable by Admins."""
+"""System settings editable by Admins, and sign-in throttling of the console."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from django.db import connections
 
+from system.registry import TRUE_WORDS
+
 
 def _raw(key: str, using: str) -> str | None:
     with connections[using].cursor() as cursor:
@@ -24,4 +26,4 @@ def setting_int(key: str, default: int, *, using: str = "default") -> int:
 def setting_bool(key: str, default: bool, *, using: str = "default") -> bool:
     """Boolean setting stored as 'true' / 'false'."""
     value = _raw(key, using)
-    return default if value is None else value.strip().lower() in {"true", "1", "yes", "on"}
+    return default if value is None else value.strip().lower() in TRUE_WORDS

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import uuid
 
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models.functions import Now
 
 from courier_site.softdelete import SoftDeleteModel
+from tags.querysets import EntityTagQuerySet
+
+DUPLICATE_NAME_CODE = "E1008"
 
 
 class Tag(SoftDeleteModel):
@@ -26,6 +30,21 @@ class Tag(SoftDeleteModel):
     def __str__(self) -> str:
         return self.name
 
+    def clean(self) -> None:
+        """Refuse a name another live tag has in any letter case [E1008] (ix_tags_name enforces it too)."""
+        self.name = (self.name or "").strip()
+        taken = Tag.objects.filter(name__iexact=self.name).exclude(pk=self.pk).values_list("name", flat=True).first()
+        if taken is not None:
+            raise ValidationError(
+                {
+                    "name": ValidationError(
+                        f"[{DUPLICATE_NAME_CODE}] A tag named {taken!r} already exists; "
+                        "tag names are unique regardless of letter case.",
+                        code=DUPLICATE_NAME_CODE,
+                    )
+                }
+            )
+
 
 class EntityTag(models.Model):
     class EntityType(models.TextChoices):
@@ -40,6 +59,8 @@ class EntityTag(models.Model):
     tag = models.ForeignKey(Tag, on_delete=models.CASCADE, db_column="tag_id", related_name="assignments")
     entity_type = models.TextField(choices=EntityType.choices)
     entity_id = models.UUIDField()
+
+    objects = EntityTagQuerySet.as_manager()
 
     class Meta:
         managed = False

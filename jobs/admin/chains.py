@@ -16,11 +16,12 @@ from django.utils.html import format_html
 from unfold.admin import TabularInline
 
 from audit.models import AuditLogEntry
-from courier_site.admin_base import ReadOnlyAdmin, SoftDeleteAdmin
+from courier_site.admin_base import AuditHistoryMixin, ReadOnlyAdmin, SoftDeleteAdmin
 from courier_site.errors import CourierError
 from jobs import chains
 from jobs.admin.schedules import ChainScheduleInline, save_schedule_formset
 from jobs.models import ChainExecution, ChainExecutionMember, ChainSchedule, JobChain, JobChainMember
+from tags.admin_mixins import TaggableAdminMixin
 
 
 class ChainMemberForm(forms.ModelForm):
@@ -97,7 +98,9 @@ def _link_members(chain: JobChain, formset: Any) -> None:
 
 
 @admin.register(JobChain)
-class JobChainAdmin(SoftDeleteAdmin):
+class JobChainAdmin(TaggableAdminMixin, AuditHistoryMixin, SoftDeleteAdmin):
+    tag_entity_type = "job_chain"
+    audit_entity_type = "chain"
     list_display = ("name", "is_enabled", "member_count", "last_run", "updated_at", "run_link")
     list_filter = ("is_enabled", "updated_at")
     search_fields = ("name", "description")
@@ -223,7 +226,8 @@ class JobChainAdmin(SoftDeleteAdmin):
 
 
 @admin.register(ChainExecution)
-class ChainExecutionAdmin(ReadOnlyAdmin):
+class ChainExecutionAdmin(AuditHistoryMixin, ReadOnlyAdmin):
+    audit_entity_type = "chain_execution"
     list_display = ("short_id", "chain", "state", "triggered_by", "started_at", "completed_at", "error_message")
     list_filter = ("state", "created_at")
     list_select_related = ("chain",)

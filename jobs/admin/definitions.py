@@ -16,7 +16,7 @@ from django.utils.html import format_html
 from unfold.admin import ModelAdmin, TabularInline
 
 from audit.models import AuditLogEntry
-from courier_site.admin_base import ReadOnlyAdmin, SoftDeleteAdmin
+from courier_site.admin_base import AuditHistoryMixin, ReadOnlyAdmin, SoftDeleteAdmin
 from courier_site.errors import CourierError
 from jobs import console
 from jobs.admin.schedules import (
@@ -30,6 +30,7 @@ from jobs.engine import control
 from jobs.models import Job, JobDependency, JobSchedule, JobStep, JobVersion
 from jobs.redaction import redact
 from jobs.secrets import seal_config
+from tags.admin_mixins import TaggableAdminMixin
 
 
 class JobStepInline(TabularInline):
@@ -66,7 +67,9 @@ class JobVersionInline(TabularInline):
 
 
 @admin.register(Job)
-class JobAdmin(SoftDeleteAdmin):
+class JobAdmin(TaggableAdminMixin, AuditHistoryMixin, SoftDeleteAdmin):
+    tag_entity_type = "job"
+    audit_entity_type = "job"
     form = console.JobForm
     list_display = ("name", "is_enabled", "current_version", "policy_type", "step_count", "updated_at", "run_link")
     list_filter = ("is_enabled", "updated_at")

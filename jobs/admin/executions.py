@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 from django.contrib import admin, messages
@@ -12,10 +13,11 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html
 
 from audit.models import AuditLogEntry
-from courier_site.admin_base import ReadOnlyAdmin
+from courier_site.admin_base import AuditHistoryMixin, ReadOnlyAdmin
 from courier_site.errors import CourierError
 from jobs.engine import control
 from jobs.models import JobExecution, StepExecution
@@ -37,8 +39,30 @@ class StateFilter(admin.SimpleListFilter):
         return queryset
 
 
+class CreatedWithinFilter(admin.SimpleListFilter):
+    """A rolling window on created_at (prunes partitions); the dashboard's figures link here."""
+
+    title = "created within"
+    parameter_name = "created_within"
+    windows = {
+        "24h": ("the last 24 hours", timedelta(hours=24)),
+        "7d": ("the last 7 days", timedelta(days=7)),
+        "14d": ("the last 14 days", timedelta(days=14)),
+        "30d": ("the last 30 days", timedelta(days=30)),
+    }
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(key, label) for key, (label, _) in self.windows.items()]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value() in self.windows:
+            return queryset.filter(created_at__gte=timezone.now() - self.windows[self.value()][1])
+        return queryset
+
+
 @admin.register(JobExecution)
-class JobExecutionAdmin(ReadOnlyAdmin):
+class JobExecutionAdmin(AuditHistoryMixin, ReadOnlyAdmin):
+    audit_entity_type = "job_execution"
     list_display = (
         "short_id",
         "job",
@@ -51,7 +75,7 @@ class JobExecutionAdmin(ReadOnlyAdmin):
         "duration",
         "error_excerpt",
     )
-    list_filter = (StateFilter, "created_at")
+    list_filter = (StateFilter, CreatedWithinFilter, "created_at")
     search_fields = ("=id", "job__name", "triggered_by")
     list_select_related = ("job",)
     ordering = ("-created_at",)
