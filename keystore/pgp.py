@@ -6,7 +6,7 @@ import json
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,6 +29,13 @@ ALGORITHMS: dict[str, dict[str, Any]] = {
 }
 # gpg's public-key algorithm numbers and curve names, mapped back to ours on import.
 _ALGORITHM_IDS = {"1": "rsa", "22": "ecc_curve25519", "19": "ecdsa"}
+# How often run_on_file() asks a running gpg how far it has read and whether to stop: well inside
+# the second within which a cancel must take effect (SPEC 4.2).
+POLL_SECONDS = 0.1
+_STATUS_PREFIX = "[GNUPG:] "
+# Encrypted and signed messages name no file inside, as when Courier fed gpg through its stdin; gpg
+# would otherwise record the source's name, which a partner's gpg may use to name its output.
+_NO_EMBEDDED_NAME = ["--set-filename", ""]
 
 
 @dataclass(frozen=True)
@@ -175,7 +182,9 @@ def unlock(gpg: gnupg.GPG, fingerprint: str, passphrase: str) -> None:
     keys = [key for key in gpg.list_keys(secret=True) if key["fingerprint"] == fingerprint]
     if not keys:
         raise CorruptKey(f"the private key {fingerprint} is not in the GnuPG home")
-    keygrips = [keys[0]["keygrip"], *(info["keygrip"] for info in keys[0]["subkey_info"].values())]
+    # python-gnupg lists no subkey_info at all for a key without subkeys (a sign-only key pair).
+    subkeys = keys[0].get("subkey_info", {}).values()
+    keygrips = [keys[0]["keygrip"], *(info["keygrip"] for info in subkeys)]
     # The passphrase travels in hex on stdin, never on a command line other users could read.
     hex_passphrase = passphrase.encode().hex().upper()
     commands = "".join(f"PRESET_PASSPHRASE {keygrip} -1 {hex_passphrase}\n" for keygrip in keygrips if keygrip)
@@ -218,3 +227,155 @@ def signature_problem(result: Any) -> str:
     if result.status and result.status not in ("decryption ok", "signature valid"):
         return result.status
     return "no signature"
+
+
+def encrypt_file(
+    gpg: gnupg.GPG,
+    source: Path,
+    output: Path,
+    recipients: list[str],
+    *,
+    armor: bool,
+    sign_with: str | None,
+    extra_args: list[str],
+    check: Callable[[], None],
+    on_progress: Callable[[int], None],
+) -> gnupg.Crypt:
+    """Encrypt source to the recipients' fingerprints into output, signed by sign_with if given (see run_on_file)."""
+    args = ["--encrypt", *(argument for fingerprint in recipients for argument in ("--recipient", fingerprint))]
+    if armor:
+        args.append("--armor")
+    if sign_with:
+        args += ["--sign", "--default-key", sign_with]
+    # The agent holds the signing key's passphrase (unlock); never wait for a pinentry.
+    args += ["--trust-model", "always", "--pinentry-mode", "error", *_NO_EMBEDDED_NAME, *extra_args]
+    return run_on_file(gpg, args, source, output, gnupg.Crypt(gpg), check=check, on_progress=on_progress)
+
+
+def decrypt_file(
+    gpg: gnupg.GPG, source: Path, output: Path, *, check: Callable[[], None], on_progress: Callable[[int], None]
+) -> gnupg.Crypt:
+    """Decrypt source into output with whichever imported key pair it names (see run_on_file)."""
+    # The agent holds every passphrase (unlock); never wait for a pinentry.
+    args = ["--decrypt", "--trust-model", "always", "--pinentry-mode", "error"]
+    return run_on_file(gpg, args, source, output, gnupg.Crypt(gpg), check=check, on_progress=on_progress)
+
+
+def sign_file(
+    gpg: gnupg.GPG,
+    source: Path,
+    output: Path,
+    signer: str,
+    *,
+    mode: str,
+    armor: bool,
+    check: Callable[[], None],
+    on_progress: Callable[[int], None],
+) -> gnupg.Sign:
+    """Sign source with signer into output: a detached signature, an inline signed message or clear text."""
+    args = [{"detached": "--detach-sign", "inline": "--sign", "clear": "--clearsign"}[mode]]
+    if armor:
+        args.append("--armor")
+    args += ["--default-key", signer, "--pinentry-mode", "error", *_NO_EMBEDDED_NAME]
+    return run_on_file(gpg, args, source, output, gnupg.Sign(gpg), check=check, on_progress=on_progress)
+
+
+def run_on_file(
+    gpg: gnupg.GPG,
+    args: list[str],
+    source: Path,
+    output: Path,
+    result: Any,
+    *,
+    check: Callable[[], None],
+    on_progress: Callable[[int], None],
+) -> Any:
+    """Run gpg with args on source, writing output, and return result (a python-gnupg result) filled from its status.
+
+    gpg reads and writes the files itself, as fast as the gpg command line; the calling thread only
+    watches it. Every POLL_SECONDS it reports the bytes gpg has read since the last report to
+    on_progress (the rest of the source once gpg has ended) and calls check(): whatever check()
+    raises kills gpg and propagates. output must not exist yet; removing it after a failed or
+    stopped run is the caller's business.
+    """
+    check()
+    size = source.stat().st_size
+    # The source goes by name, as on the command line: gpg then knows its length and writes packets
+    # of that length, which decrypt faster than the chunked ones it writes for data of unknown length
+    # (stdin). No --yes: gpg refuses to write over an existing output.
+    command = gpg.make_args([*args, "--output", str(output), "--", str(source)], passphrase=False)
+    with tempfile.TemporaryFile() as messages:
+        # The status lines go to a file, not a pipe that would need draining while gpg runs.
+        # python-gnupg's command line for its gpg binary, no shell, no passphrase on it.
+        process = subprocess.Popen(  # noqa: S603
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=messages, env=gpg.env
+        )
+        reported = 0
+        try:
+            while not _ended(process, POLL_SECONDS):
+                # gpg's read total also counts its keyring and the agent's answers, a few kilobytes.
+                done = min(_bytes_read(process.pid), size)
+                if done > reported:
+                    on_progress(done - reported)
+                    reported = done
+                check()
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
+        on_progress(size - reported)
+        messages.seek(0)
+        _read_status(messages.read().decode(gpg.encoding, errors="replace"), result)
+    result.returncode = process.returncode
+    return result
+
+
+def _ended(process: subprocess.Popen[bytes], seconds: float) -> bool:
+    try:
+        process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
+
+
+def _bytes_read(pid: int) -> int:
+    """Bytes the process has read so far (rchar in Linux's /proc/<pid>/io); 0 where that cannot be read."""
+    try:
+        counters = Path(f"/proc/{pid}/io").read_text()
+    except OSError:
+        return 0
+    for line in counters.splitlines():
+        name, _, value = line.partition(":")
+        if name == "rchar":
+            return int(value)
+    return 0
+
+
+def _read_status(text: str, result: Any) -> None:
+    """Hand each [GNUPG:] status line to result, as python-gnupg does for the operations it runs itself."""
+    for line in text.splitlines():
+        if line.startswith(_STATUS_PREFIX):
+            keyword, _, value = line[len(_STATUS_PREFIX) :].strip().partition(" ")
+            if keyword:
+                result.handle_status(keyword, value.strip())
+    result.stderr = text
+
+
+def run_problem(result: Any) -> str | None:
+    """Why a run_on_file() run failed, in gpg's words; None when its output is complete."""
+    if not result:  # no DECRYPTION_OKAY, END_ENCRYPTION or SIG_CREATED
+        return result.status or _last_message(result)
+    # gpg 2.2 still reports DECRYPTION_OKAY when it could not write the plaintext (a full disk): only
+    # its exit status tells. A signature gpg could not check or accept also makes it exit non-zero;
+    # whether that matters is the decrypt step's call (verify_signature), as before.
+    signature_problems = result.problems if isinstance(result, gnupg.Verify) else []
+    if result.returncode != 0 and not signature_problems:
+        return _last_message(result)
+    return None
+
+
+def _last_message(result: Any) -> str:
+    messages = [line for line in (result.stderr or "").splitlines() if line and not line.startswith(_STATUS_PREFIX)]
+    if messages:
+        return messages[-1].removeprefix("gpg: ")
+    return f"gpg exited with status {result.returncode}"

@@ -3,38 +3,31 @@
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from audit.models import AuditLogEntry
 from courier_site.envelope import keyring
-from jobs.errors import Cancelled, StepFailed
+from jobs.errors import StepFailed
 from jobs.paths import resolve_path
 from jobs.steps.base import CancelToken, ConfigField, StepContext, StepResult, StepType, as_list, register
 from jobs.steps.files import select_sources
 from keystore import lifecycle
-from keystore.pgp import decryption_key, gnupg_home, signature_problem, unlock
-
-CHUNK = 1024 * 1024
-
-
-class _CancellableReader:
-    """Feeds gpg in chunks and stops the stream when the execution is paused or cancelled."""
-
-    def __init__(self, path: Path, context: StepContext, cancel: CancelToken) -> None:
-        self.handle = path.open("rb")
-        self.context, self.cancel = context, cancel
-
-    def read(self, size: int = -1) -> bytes:
-        if self.cancel.requested:
-            return b""  # gpg sees the end of its input; the step then reports the cancel
-        data = self.handle.read(CHUNK if size is None or size < 0 else min(size, CHUNK))
-        self.context.progress.add(len(data))
-        return data
-
-    def close(self) -> None:
-        self.handle.close()
+from keystore.pgp import (
+    decrypt_file,
+    decryption_key,
+    encrypt_file,
+    gnupg_home,
+    run_problem,
+    sign_file,
+    signature_problem,
+    unlock,
+)
 
 
 def _key(key_id: Any, use: str, step_label: str) -> Any:
@@ -101,13 +94,26 @@ def _output_for(source: Path, output: str | None, suffix: str, single: bool, con
     return target
 
 
-def _finish(result: Any, target: Path, cancel: CancelToken, what: str) -> None:
-    if cancel.requested:
-        target.unlink(missing_ok=True)
-        raise Cancelled(cancel.reason or "cancel")
-    if not result.ok:
-        target.unlink(missing_ok=True)
-        raise StepFailed(f"{what} failed: {(result.status or result.stderr.strip().splitlines()[-1:] or '?')}")
+@contextmanager
+def _published(target: Path) -> Iterator[Path]:
+    """An unused name beside target for gpg to write, renamed to target when the block succeeds and
+    removed when it raises (failure, cancel, bad signature): target is never seen half written."""
+    # gpg creates the file itself (mode 0o666 less the umask) and refuses a name that exists. Not
+    # created here: ext4 flushes a file truncated to empty when it is closed (auto_da_alloc), so gpg
+    # reopening an empty file would wait at the end for the disk to take the whole output.
+    temporary = target.with_name(f".{target.name}.{secrets.token_hex(8)}.courier-tmp")
+    try:
+        yield temporary
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    os.replace(temporary, target)
+
+
+def _check_run(result: Any, what: str) -> None:
+    problem = run_problem(result)
+    if problem is not None:
+        raise StepFailed(f"{what} failed: {problem}")
 
 
 @register
@@ -152,6 +158,7 @@ class EncryptStep(StepType):
         sources = select_sources(config["input_path"], context)
         suffix = ".asc" if config.get("armor") else ".pgp"
         outputs, total = [], 0
+        context.progress.bytes_total = sum(source.stat().st_size for source in sources)
         extra = [] if config.get("compress") else ["--compress-algo", "none"]
         if prepared.get("fips"):
             extra += FIPS_GPG_ARGS
@@ -161,23 +168,23 @@ class EncryptStep(StepType):
             signer = prepared.get("signer")
             if signer:
                 gpg.import_keys(signer["secret"], passphrase=signer["passphrase"])
+                if signer["passphrase"]:
+                    unlock(gpg, signer["fingerprint"], signer["passphrase"])
             for source in sources:
                 target = _output_for(source, config.get("output_path"), suffix, len(sources) == 1, context)
-                reader = _CancellableReader(source, context, cancel)
-                try:
-                    result = gpg.encrypt_file(
-                        reader,
-                        [r["fingerprint"] for r in prepared["recipients"]],
-                        always_trust=True,
+                with _published(target) as partial:
+                    result = encrypt_file(
+                        gpg,
+                        source,
+                        partial,
+                        [recipient["fingerprint"] for recipient in prepared["recipients"]],
                         armor=bool(config.get("armor")),
-                        output=str(target),
-                        sign=signer["fingerprint"] if signer else None,
-                        passphrase=(signer or {}).get("passphrase"),
+                        sign_with=signer["fingerprint"] if signer else None,
                         extra_args=extra,
+                        check=cancel.check,
+                        on_progress=context.progress.add,
                     )
-                finally:
-                    reader.close()
-                _finish(result, target, cancel, f"encryption of {source.name}")
+                    _check_run(result, f"encryption of {source.name}")
                 outputs.append(str(target))
                 total += source.stat().st_size
         return StepResult(
@@ -223,6 +230,7 @@ class DecryptStep(StepType):
     def execute(self, config: dict[str, Any], context: StepContext, cancel: CancelToken) -> StepResult:
         sources = select_sources(config["input_path"], context)
         outputs, signatures, total = [], [], 0
+        context.progress.bytes_total = sum(source.stat().st_size for source in sources)
         audit: list[tuple[str, str, str, dict[str, Any]]] = []
         with gnupg_home() as gpg:
             for verifier in context.prepared["verifiers"]:
@@ -237,29 +245,16 @@ class DecryptStep(StepType):
                 target = _output_for(source.with_name(stem), config.get("output_path"), "", len(sources) == 1, context)
                 if not config.get("output_path"):
                     target = source.with_name(stem)
-                reader = _CancellableReader(source, context, cancel)
-                try:
-                    result = gpg.decrypt_file(
-                        reader,
-                        always_trust=True,
-                        output=str(target),
-                        # The agent holds every passphrase (unlock); never wait for a pinentry.
-                        extra_args=["--pinentry-mode", "error"],
-                    )
-                finally:
-                    reader.close()
-                _finish(result, target, cancel, f"decryption of {source.name}")
-                signature = {
-                    "valid": bool(result.valid),
-                    "signer_fingerprint": result.fingerprint,
-                    "status": result.status,
-                }
-                if config.get("verify_signature") and not result.valid:
-                    target.unlink(missing_ok=True)
-                    raise StepFailed(
-                        f"{source.name} has no valid signature from a known key ({signature_problem(result)})"
-                    )
-                signatures.append(signature)
+                with _published(target) as partial:
+                    result = decrypt_file(gpg, source, partial, check=cancel.check, on_progress=context.progress.add)
+                    _check_run(result, f"decryption of {source.name}")
+                    if config.get("verify_signature") and not result.valid:
+                        raise StepFailed(
+                            f"{source.name} has no valid signature from a known key ({signature_problem(result)})"
+                        )
+                signatures.append(
+                    {"valid": bool(result.valid), "signer_fingerprint": result.fingerprint, "status": result.status}
+                )
                 outputs.append(str(target))
                 total += source.stat().st_size
                 used = pairs.get(decryption_key(result) or "")
@@ -314,27 +309,23 @@ class SignStep(StepType):
         suffix = {"detached": ".sig" if not config.get("armor", True) else ".asc", "inline": ".gpg", "clear": ".asc"}
         target = _output_for(source, config.get("output_path"), suffix[mode], True, context)
         signer = context.prepared["signer"]
+        context.progress.bytes_total = source.stat().st_size
         with gnupg_home() as gpg:
             gpg.import_keys(signer["secret"], passphrase=signer["passphrase"])
-            reader = _CancellableReader(source, context, cancel)
-            try:
-                result = gpg.sign_file(
-                    reader,
-                    keyid=signer["fingerprint"],
-                    passphrase=signer["passphrase"],
-                    detach=mode == "detached",
-                    clearsign=mode == "clear",
-                    binary=not config.get("armor", True),
-                    output=str(target),
+            if signer["passphrase"]:
+                unlock(gpg, signer["fingerprint"], signer["passphrase"])
+            with _published(target) as partial:
+                result = sign_file(
+                    gpg,
+                    source,
+                    partial,
+                    signer["fingerprint"],
+                    mode=mode,
+                    armor=bool(config.get("armor", True)),
+                    check=cancel.check,
+                    on_progress=context.progress.add,
                 )
-            finally:
-                reader.close()
-            if cancel.requested:
-                target.unlink(missing_ok=True)
-                raise Cancelled(cancel.reason or "cancel")
-            if not result.fingerprint:
-                target.unlink(missing_ok=True)
-                raise StepFailed(f"signing {source.name} failed: {result.status}")
+                _check_run(result, f"signing {source.name}")
         return StepResult(
             outputs={"signature_file": str(target)}, bytes_processed=source.stat().st_size, files=[str(target)]
         )

@@ -255,6 +255,60 @@ def test_decrypt_requiring_a_signature_fails_on_a_file_signed_by_an_unknown_key(
     assert not (data_dir / "note.txt").exists()
 
 
+def test_decrypt_without_requiring_a_signature_accepts_a_file_signed_by_an_unknown_key(
+    data_dir: Path, gpg_cli: Callable[[str], GpgCli]
+) -> None:
+    ours = generate_pgp_key("ours", "ecc_p256", by="admin")
+    stranger = gpg_cli("stranger")
+    stranger_fingerprint = stranger.generate("Stranger <stranger@example.com>", "p4ss")
+    stranger.run("--import", input=ours.public_key_data.encode())
+    stranger.run(
+        "--local-user",
+        stranger_fingerprint,
+        "--recipient",
+        ours.fingerprint,
+        "--output",
+        str(data_dir / "note.txt.pgp"),
+        "--sign",
+        "--encrypt",
+        input=b"signed by someone we do not know",
+        passphrase="p4ss",
+    )
+
+    # gpg exits with status 2 when it cannot check a signature; the plaintext is still whole.
+    execution = run_inline(
+        make_job([("pgp.decrypt", {"input_path": str(data_dir / "note.txt.pgp"), "private_key_id": str(ours.pk)})])
+    )
+
+    assert execution.state == "completed", execution.error_message
+    assert (data_dir / "note.txt").read_bytes() == b"signed by someone we do not know"
+    assert execution.context_snapshot["values"]["0.signature"][0]["valid"] is False
+
+
+def test_encrypted_and_inline_signed_files_do_not_carry_the_source_file_name(
+    data_dir: Path, gpg_cli: Callable[[str], GpgCli]
+) -> None:
+    key = generate_pgp_key("names", "ecc_p256", by="admin")
+    source = str(data_dir / "internal-name.txt")
+    (data_dir / "internal-name.txt").write_text("payload")
+    execution = run_inline(
+        make_job(
+            [
+                ("pgp.encrypt", {"input_path": source, "recipient_key_ids": str(key.pk)}),
+                ("pgp.sign", {"input_path": source, "signing_key_id": str(key.pk), "mode": "inline"}),
+            ]
+        )
+    )
+    assert execution.state == "completed", execution.error_message
+    holder = gpg_cli("holder")
+    secret = json.loads(keyring().open_text(PgpKey.objects.get(pk=key.pk).private_key_data))["armored"]
+    holder.run("--import", input=secret.encode())
+
+    for message in ("internal-name.txt.pgp", "internal-name.txt.gpg"):
+        packets = holder.run("--list-packets", str(data_dir / message)).stdout.decode()
+        assert 'name=""' in packets and "internal-name" not in packets
+
+
 def test_keys_exported_through_the_console_round_trip_with_the_gpg_command_line(
     client: Client, django_user_model, data_dir: Path, gpg_cli: Callable[[str], GpgCli]
 ) -> None:

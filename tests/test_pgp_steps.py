@@ -11,7 +11,7 @@ import pytest
 
 from audit.models import AuditLogEntry
 from jobs.errors import Cancelled
-from jobs.steps.base import CancelToken, get_step_type
+from jobs.steps.base import CancelToken, StepContext, StepType, get_step_type
 from keystore import lifecycle
 from keystore.models import PgpKey
 from keystore.services import generate_pgp_key
@@ -100,6 +100,11 @@ def test_a_file_encrypted_by_the_gpg_command_line_decrypts_in_courier(data_dir: 
     assert (data_dir / "report.txt").read_text() == "from the partner"
 
 
+def files_in(directory: Path) -> list[str]:
+    """Names of the files in directory, hidden ones (a leftover temporary file) included."""
+    return sorted(path.name for path in directory.iterdir() if path.is_file())
+
+
 def test_tampered_ciphertext_fails_the_step(data_dir: Path) -> None:
     key = generate_pgp_key("k", "ecc_p256", by="admin")
     (data_dir / "a.txt").write_text("secret payload " * 100)
@@ -110,6 +115,7 @@ def test_tampered_ciphertext_fails_the_step(data_dir: Path) -> None:
     execution = run_inline(make_job([("pgp.decrypt", {"input_path": str(data_dir / "b.txt.pgp")})]))
     assert execution.state == "failed" and "decryption of b.txt.pgp failed" in execution.error_message
     assert not (data_dir / "b.txt").exists()
+    assert files_in(data_dir) == ["a.txt", "a.txt.pgp", "b.txt.pgp"]  # no temporary file left either
 
 
 def test_revoked_keys_cannot_be_encrypted_to_and_retired_ones_hand_over(data_dir: Path) -> None:
@@ -342,38 +348,89 @@ def test_decrypt_requiring_a_signature_fails_on_an_unsigned_file(data_dir: Path)
     assert not (data_dir / "back.txt").exists()
 
 
+def cancel_once_streaming(step: StepType, config: dict, context: StepContext, target: Path) -> tuple[float, bool]:
+    """Runs the step and cancels it once 32 MiB went through; returns the seconds it took to stop after
+    the request, and whether target could be seen when the request was made."""
+    requested_at: list[float] = []
+    target_seen: list[bool] = []
+    finished = threading.Event()
+
+    def cancel_when_streaming() -> None:
+        while context.progress.bytes_done < 32 * 1024 * 1024 and not finished.is_set():
+            time.sleep(0.005)
+        target_seen.append(target.exists())
+        requested_at.append(time.monotonic())
+        context.cancel.request("cancel")
+
+    canceller = threading.Thread(target=cancel_when_streaming)
+    canceller.start()
+    try:
+        with pytest.raises(Cancelled):
+            step.execute(config, context, context.cancel)
+        stopped_at = time.monotonic()
+    finally:
+        finished.set()
+        canceller.join()
+    return stopped_at - requested_at[0], target_seen[0]
+
+
+def sparse_file(path: Path, size: int) -> Path:
+    with path.open("wb") as handle:
+        handle.truncate(size)  # sparse: gigabytes to stream without gigabytes on disk
+    return path
+
+
 def test_cancel_during_a_large_encrypt_stops_within_a_second_and_leaves_no_output(
     data_dir: Path, tmp_path: Path
 ) -> None:
     key = generate_pgp_key("bulk", "rsa_2048", by="admin")
     size = 1024 * 1024 * 1024
-    source = data_dir / "large.bin"
-    with source.open("wb") as handle:
-        handle.truncate(size)  # sparse: a gigabyte to stream without a gigabyte on disk
+    source = sparse_file(data_dir / "large.bin", size)
     step = get_step_type("pgp.encrypt")
     config = step.with_defaults({"input_path": str(source), "recipient_key_ids": str(key.pk)})
-    cancel = CancelToken()
-    context = make_context(tmp_path, cancel)
+    context = make_context(tmp_path, CancelToken())
     context.prepared = step.prepare(config)
-    requested_at: list[float] = []
-    finished = threading.Event()
 
-    def cancel_once_streaming() -> None:
-        while context.progress.bytes_done < 32 * 1024 * 1024 and not finished.is_set():
-            time.sleep(0.005)
-        requested_at.append(time.monotonic())
-        cancel.request("cancel")
+    seconds_to_stop, target_seen = cancel_once_streaming(step, config, context, data_dir / "large.bin.pgp")
 
-    canceller = threading.Thread(target=cancel_once_streaming)
-    canceller.start()
-    try:
-        with pytest.raises(Cancelled):
-            step.execute(config, context, cancel)
-        stopped_at = time.monotonic()
-    finally:
-        finished.set()
-        canceller.join()
-
-    assert stopped_at - requested_at[0] < 1.0
+    assert seconds_to_stop < 1.0
     assert context.progress.bytes_done < size // 2
-    assert not (data_dir / "large.bin.pgp").exists()
+    assert not target_seen
+    assert files_in(data_dir) == ["large.bin"]
+
+
+def test_cancel_during_a_large_decrypt_stops_within_a_second_and_leaves_no_output(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    key = generate_pgp_key("bulk", "ecc_p256", by="admin")
+    sparse_file(data_dir / "large.bin", 256 * 1024 * 1024)
+    encrypted = run_inline(
+        make_job([("pgp.encrypt", {"input_path": str(data_dir / "large.bin"), "recipient_key_ids": str(key.pk)})])
+    )
+    assert encrypted.state == "completed", encrypted.error_message
+    (data_dir / "large.bin").unlink()
+    step = get_step_type("pgp.decrypt")
+    config = step.with_defaults({"input_path": str(data_dir / "large.bin.pgp"), "private_key_id": str(key.pk)})
+    context = make_context(tmp_path, CancelToken())
+    context.prepared = step.prepare(config)
+
+    seconds_to_stop, target_seen = cancel_once_streaming(step, config, context, data_dir / "large.bin")
+
+    assert seconds_to_stop < 1.0
+    assert not target_seen
+    assert files_in(data_dir) == ["large.bin.pgp"]
+
+
+def test_encrypt_reports_the_bytes_of_every_file_against_their_total(data_dir: Path, tmp_path: Path) -> None:
+    key = generate_pgp_key("progress", "ecc_p256", by="admin")
+    (data_dir / "a.bin").write_bytes(b"a" * 300_000)
+    (data_dir / "b.bin").write_bytes(b"b" * 200_000)
+    step = get_step_type("pgp.encrypt")
+    config = step.with_defaults({"input_path": str(data_dir / "*.bin"), "recipient_key_ids": str(key.pk)})
+    context = make_context(tmp_path)
+    context.prepared = step.prepare(config)
+
+    result = step.execute(config, context, context.cancel)
+
+    assert result.bytes_processed == 500_000
+    assert (context.progress.bytes_done, context.progress.bytes_total) == (500_000, 500_000)
