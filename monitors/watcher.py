@@ -35,6 +35,22 @@ class _Handler(FileSystemEventHandler):
         self.watcher.changed(self.monitor_id)
 
 
+class _OverflowAlarm(logging.Handler):
+    """Notices watchdog's report of a kernel inotify queue overflow (it offers no public hook).
+
+    Events were lost, so every watched monitor must be scanned: the watcher marks them
+    degraded for a refresh round and polls them all at once.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.raised = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "overflow" in record.getMessage().lower():
+            self.raised.set()
+
+
 class MonitorWatcher:
     """Watches the directories of local monitors that poll (active or degraded)."""
 
@@ -150,11 +166,26 @@ class MonitorWatcher:
             self._start_observer()
         self.refresh()
 
+    def handle_overflow(self) -> None:
+        """After lost events: degraded until the next refresh round, and a poll of every watched monitor."""
+        for monitor_id, (path, *_) in list(self.watches.items()):
+            services.set_watcher_state(monitor_id, False, reason=f"inotify queue overflowed; scanning {path}")
+            with self.lock:
+                self.due[monitor_id] = time.monotonic()
+
     def run(self, stop: threading.Event) -> None:
+        alarm = _OverflowAlarm()
+        watchdog_logger = logging.getLogger("watchdog.observers.inotify_c")
+        watchdog_logger.addHandler(alarm)
         self._start_observer()
         next_refresh = 0.0
         try:
             while not stop.is_set():
+                if alarm.raised.is_set():
+                    alarm.raised.clear()
+                    logger.warning("inotify queue overflowed: scanning every watched monitor")
+                    self.handle_overflow()
+                    next_refresh = time.monotonic() + self.refresh_seconds
                 if time.monotonic() >= next_refresh:
                     next_refresh = time.monotonic() + self.refresh_seconds
                     try:
@@ -167,6 +198,7 @@ class MonitorWatcher:
                 self.poll_due()
                 stop.wait(0.05)
         finally:
+            watchdog_logger.removeHandler(alarm)
             self.observer.stop()
             self.observer.join(10)
             for monitor_id in list(self.watches):

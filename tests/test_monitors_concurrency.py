@@ -18,6 +18,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
+from audit.models import AuditLogEntry
 from courier_site import heartbeats
 from jobs.models import JobExecution
 from monitors import services
@@ -174,7 +175,10 @@ def running_watcher(refresh_seconds: float = 0.2) -> Iterator[MonitorWatcher]:
     finally:
         stop.set()
         thread.join(15)
-    assert not thread.is_alive() and errors == []
+        # Raised even when the test body failed: a dead watcher thread explains most timeouts.
+        if errors:
+            raise AssertionError(f"the watcher thread failed: {errors[0]!r}") from errors[0]
+    assert not thread.is_alive()
 
 
 def test_the_watcher_queues_an_execution_once_a_new_file_is_stable(inbox: Path) -> None:
@@ -310,3 +314,29 @@ def test_the_watcher_command_watches_until_sigterm_and_reports_a_heartbeat(inbox
     assert "Monitor watcher stopped." in output
     assert state_of(monitor) == "degraded"  # nothing watches it any more
     assert heartbeats.newest("watcher") is None
+
+
+def test_an_inotify_queue_overflow_degrades_the_monitor_and_scans_what_was_missed(inbox: Path) -> None:
+    import logging
+
+    job = make_job(WRITE)
+    monitor = make_monitor(inbox, stability_window_sec=1, polling_interval_sec=3600, state="degraded")
+    bind(monitor, job)
+    with running_watcher(refresh_seconds=30) as watcher:
+        wait_for(lambda: state_of(monitor) == "active", 5, "the watcher took up the monitor")
+        wait_for(lambda: not watcher.due, 5, "the first poll of the directory")
+        # The kernel drops the events of the next file: as if the queue overflowed.
+        _, watch, _ = watcher.watches[str(monitor.pk)]
+        watcher.observer.unschedule(watch)
+        drop(inbox, "lost-event.csv")
+        time.sleep(1.5)
+        executions_before = len(executions_of(job))
+        assert executions_before == 0  # nothing saw the file
+        # What watchdog reports when the kernel queue overflowed (its only signal of it).
+        logging.getLogger("watchdog.observers.inotify_c").warning(
+            "Inotify queue overflowed; filesystem events were lost"
+        )
+
+        wait_for(lambda: state_of(monitor) == "degraded", 5, "the monitor shows degraded after the overflow")
+        wait_for(lambda: len(executions_of(job)) > executions_before, 5, "the overflow scan triggered the file")
+    assert AuditLogEntry.objects.filter(entity_id=monitor.pk, operation="watcher_off").exists()
