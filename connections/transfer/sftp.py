@@ -47,6 +47,9 @@ _OPTION_NAMES = {"kex": "kex", "ciphers": "ciphers", "macs": "digests", "host_ke
 # and 64 KiB requests roughly halve paramiko's per-packet Python overhead (bench/
 # bench_transfers.py). Other servers keep the conservative size: some refuse larger writes.
 OPENSSH_REQUEST_SIZE = 64 * 1024
+# Read requests in flight during a download: 128 x 64 KiB keeps about 8 MiB outstanding,
+# enough to fill a fast link while memory stays bounded whatever the file size.
+PREFETCH_REQUESTS = 128
 
 
 def load_private_key(text: str, passphrase: str | None = None) -> paramiko.PKey:
@@ -224,8 +227,10 @@ class SftpSession:
             size = handle.stat().st_size or 0
             if offset:
                 handle.seek(offset)
-            # Pipelined reads: many requests in flight instead of one round trip per block.
-            handle.prefetch(size)
+            # Pipelined reads: many requests in flight instead of one round trip per block,
+            # but a bounded number: paramiko otherwise asks for the whole file at once and
+            # holds every reply in memory until the local disk catches up.
+            handle.prefetch(size, max_concurrent_requests=PREFETCH_REQUESTS)
             while True:
                 data = handle.read(CHUNK)
                 if not data:
