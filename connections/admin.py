@@ -19,7 +19,7 @@ from connections import hostkeys
 from connections.diagnostics import test_connection
 from connections.forms import ConnectionForm, is_admin
 from connections.models import Connection, KnownHost
-from courier_site.admin_base import AuditHistoryMixin, SoftDeleteAdmin, yes_no
+from courier_site.admin_base import AuditHistoryMixin, RefusalAuditMixin, SoftDeleteAdmin, yes_no
 from tags.admin_mixins import TaggableAdminMixin
 
 
@@ -35,7 +35,7 @@ class KnownHostInline(TabularInline):
 
 
 @admin.register(Connection)
-class ConnectionAdmin(TaggableAdminMixin, AuditHistoryMixin, SoftDeleteAdmin):
+class ConnectionAdmin(TaggableAdminMixin, AuditHistoryMixin, RefusalAuditMixin, SoftDeleteAdmin):
     tag_entity_type = "connection"
     audit_entity_type = "connection"
     form = ConnectionForm
@@ -122,6 +122,17 @@ class ConnectionAdmin(TaggableAdminMixin, AuditHistoryMixin, SoftDeleteAdmin):
             )
         return response
 
+    def refusal_details(self, request: HttpRequest) -> dict[str, Any]:
+        # Name the Admin-only settings the refused save asked for (SPEC 5), never the password.
+        asked = {
+            name: request.POST[name]
+            for name, insecure in (("host_key_policy", "always_trust"), ("tls_cert_policy", "insecure"))
+            if request.POST.get(name) == insecure
+        }
+        if request.POST.get("fips_override"):
+            asked["fips_override"] = True
+        return {**super().refusal_details(request), **({"admin_only_settings": asked} if asked else {})}
+
     def get_urls(self) -> list[Any]:
         return [
             path(
@@ -158,7 +169,8 @@ class ConnectionAdmin(TaggableAdminMixin, AuditHistoryMixin, SoftDeleteAdmin):
 
 
 @admin.register(KnownHost)
-class KnownHostAdmin(ModelAdmin):
+class KnownHostAdmin(RefusalAuditMixin, ModelAdmin):
+    audit_entity_type = "known_host"
     list_display = ("connection", "key_type", "fingerprint", "state", "first_seen", "last_seen", "approved_by")
     list_filter = ("key_type",)
     search_fields = ("fingerprint", "connection__name")

@@ -59,7 +59,8 @@ class ConnectionForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         self.user = user
         self.refusals: list[dict[str, str]] = []  # audited by the admin after validation
-        self.fields["port"].required = False
+        if "port" in self.fields:  # a read-only page (Viewer, Operator) has no form fields
+            self.fields["port"].required = False
 
     def _refuse(self, field: str, message: str) -> None:
         self.refusals.append({"field": field, "reason": message})

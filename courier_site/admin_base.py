@@ -1,4 +1,4 @@
-"""Shared console building blocks: read-only and soft-delete aware admins, and the audit history link."""
+"""Shared console building blocks: read-only and soft-delete aware admins, audited refusals, the audit history link."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from django.contrib import messages
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
@@ -14,6 +15,7 @@ from django.utils import timezone
 from django.utils.functional import cached_property
 from unfold.admin import ModelAdmin
 
+from audit.models import AuditLogEntry
 from audit.querysets import entity_uuid
 
 
@@ -62,6 +64,49 @@ class SoftDeleteAdmin(ModelAdmin):
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
         count, _ = queryset.delete()
         messages.info(request, f"Deleted {count} {self.model._meta.verbose_name_plural} (kept in history).")
+
+
+class RefusalAuditMixin:
+    """A save or delete the user's role does not allow is refused (403) and audited (SPEC 8).
+
+    Django refuses such a POST before reading any form, so nothing else would record it:
+    this writes <add|change|delete>_refused on the entity (audit_entity_type) before the
+    403 goes out. Put it before the ModelAdmin class in the bases.
+    """
+
+    audit_entity_type = ""
+
+    def changeform_view(
+        self, request: HttpRequest, object_id: Any = None, form_url: str = "", extra_context: Any = None
+    ) -> HttpResponse:
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except PermissionDenied:
+            # Outside the view's transaction, which the refusal rolled back.
+            self.record_refusal(request, "change" if object_id else "add", object_id)
+            raise
+
+    def delete_view(self, request: HttpRequest, object_id: Any, extra_context: Any = None) -> HttpResponse:
+        try:
+            return super().delete_view(request, object_id, extra_context)
+        except PermissionDenied:
+            self.record_refusal(request, "delete", object_id)
+            raise
+
+    def refusal_details(self, request: HttpRequest) -> dict[str, Any]:
+        """What the refused request asked for; never posted values that may be secrets."""
+        return {"reason": "permission"}
+
+    def record_refusal(self, request: HttpRequest, verb: str, object_id: Any) -> None:
+        if request.method != "POST":
+            return  # opening a page the role may not use changes nothing; trying to save does
+        AuditLogEntry.objects.record(
+            entity_type=self.audit_entity_type,
+            entity_id=object_id or f"new-{self.model._meta.model_name}",
+            operation=f"{verb}_refused",
+            performed_by=request.user,
+            details=self.refusal_details(request),
+        )
 
 
 class AuditHistoryMixin:

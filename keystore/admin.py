@@ -17,7 +17,7 @@ from unfold.admin import ModelAdmin
 
 from audit.models import AuditLogEntry
 from connections.forms import is_admin
-from courier_site.admin_base import AuditHistoryMixin, SoftDeleteAdmin, yes_no
+from courier_site.admin_base import AuditHistoryMixin, RefusalAuditMixin, SoftDeleteAdmin, yes_no
 from courier_site.errors import CourierError
 from keystore import lifecycle
 from keystore.forms import PgpKeyAddForm, PgpKeyChangeForm, SshKeyAddForm
@@ -82,7 +82,7 @@ class KeyCreationMixin:
 
 
 @admin.register(PgpKey)
-class PgpKeyAdmin(TaggableAdminMixin, KeyCreationMixin, AuditHistoryMixin, SoftDeleteAdmin):
+class PgpKeyAdmin(TaggableAdminMixin, KeyCreationMixin, AuditHistoryMixin, RefusalAuditMixin, SoftDeleteAdmin):
     tag_entity_type = "pgp_key"
     add_form = PgpKeyAddForm
     change_form = PgpKeyChangeForm
@@ -233,7 +233,7 @@ class PgpKeyAdmin(TaggableAdminMixin, KeyCreationMixin, AuditHistoryMixin, SoftD
 
 
 @admin.register(SshKey)
-class SshKeyAdmin(TaggableAdminMixin, KeyCreationMixin, AuditHistoryMixin, SoftDeleteAdmin):
+class SshKeyAdmin(TaggableAdminMixin, KeyCreationMixin, AuditHistoryMixin, RefusalAuditMixin, SoftDeleteAdmin):
     tag_entity_type = "ssh_key"
     add_form = SshKeyAddForm
     add_fields = ("name", "mode", "key_type", "private_key", "passphrase", "notes")
@@ -320,7 +320,8 @@ class ShareLinkForm(forms.ModelForm):
 
 
 @admin.register(PublicKeyShareToken)
-class PublicKeyShareTokenAdmin(ModelAdmin):
+class PublicKeyShareTokenAdmin(RefusalAuditMixin, ModelAdmin):
+    audit_entity_type = "share_token"
     form = ShareLinkForm
     list_display = ("key_type", "key_id", "expires_at", "revoked_at", "download_count", "created_by", "created_at")
     list_filter = ("key_type", "expires_at", "revoked_at")
@@ -351,7 +352,8 @@ class PublicKeyShareTokenAdmin(ModelAdmin):
         url = request.build_absolute_uri(reverse("shared-public-key", args=[token]))
         messages.warning(request, f"Share link (shown once, copy it now): {url}")
 
-    @admin.action(description="Revoke selected share links")
+    # Admins only: without permissions an action is offered to everyone who can see the list.
+    @admin.action(description="Revoke selected share links", permissions=["change"])
     def revoke_links(self, request: HttpRequest, queryset: Any) -> None:
         for link in queryset.filter(revoked_at__isnull=True):
             revoke_link(link, by=request.user)

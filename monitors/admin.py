@@ -16,7 +16,7 @@ from django.utils.html import format_html
 from unfold.admin import TabularInline
 
 from audit.models import AuditLogEntry
-from courier_site.admin_base import AuditHistoryMixin, ReadOnlyAdmin, SoftDeleteAdmin
+from courier_site.admin_base import AuditHistoryMixin, ReadOnlyAdmin, RefusalAuditMixin, SoftDeleteAdmin
 from courier_site.errors import CourierError
 from monitors import detection, services
 from monitors.models import FileMonitor, MonitorDirectoryState, MonitorFileLog, MonitorJobBinding
@@ -173,7 +173,7 @@ class BindingInline(TabularInline):
 
 
 @admin.register(FileMonitor)
-class FileMonitorAdmin(TaggableAdminMixin, AuditHistoryMixin, SoftDeleteAdmin):
+class FileMonitorAdmin(TaggableAdminMixin, AuditHistoryMixin, RefusalAuditMixin, SoftDeleteAdmin):
     tag_entity_type = "file_monitor"
     audit_entity_type = "file_monitor"
     form = FileMonitorForm

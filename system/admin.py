@@ -13,7 +13,7 @@ from django.urls import reverse
 from unfold.admin import ModelAdmin
 from unfold.widgets import UnfoldAdminSelectWidget, UnfoldAdminTextInputWidget
 
-from courier_site.admin_base import AuditHistoryMixin
+from courier_site.admin_base import AuditHistoryMixin, RefusalAuditMixin
 from system import registry
 from system.models import SystemSetting
 
@@ -78,7 +78,7 @@ class SystemSettingForm(forms.ModelForm):
 
 
 @admin.register(SystemSetting)
-class SystemSettingAdmin(AuditHistoryMixin, ModelAdmin):
+class SystemSettingAdmin(AuditHistoryMixin, RefusalAuditMixin, ModelAdmin):
     audit_entity_type = "system_setting"
     form = SystemSettingForm
     list_display = ("key", "shown_value", "allowed_values", "updated_at", "updated_by")

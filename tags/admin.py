@@ -10,13 +10,13 @@ from django.http import HttpRequest
 from unfold.admin import ModelAdmin
 
 from audit.models import AuditLogEntry
-from courier_site.admin_base import AuditHistoryMixin, SoftDeleteAdmin
+from courier_site.admin_base import AuditHistoryMixin, RefusalAuditMixin, SoftDeleteAdmin
 from tags.models import EntityTag, Tag
 from tags.querysets import AUDIT_ENTITY_TYPES
 
 
 @admin.register(Tag)
-class TagAdmin(AuditHistoryMixin, SoftDeleteAdmin):
+class TagAdmin(AuditHistoryMixin, RefusalAuditMixin, SoftDeleteAdmin):
     audit_entity_type = "tag"
     list_display = ("name", "category", "color", "usage", "created_at")
     list_filter = ("category",)

@@ -160,7 +160,8 @@ def test_operators_and_viewers_read_settings_but_cannot_change_them(as_role, rol
 
     assert response.status_code == 403
     assert value_of("job.concurrency_limit") == "5"
-    assert setting_audit("job.concurrency_limit") == []
+    [refusal] = setting_audit("job.concurrency_limit")
+    assert (refusal.operation, refusal.performed_by) == ("change_refused", f"{role.lower()}1")
 
 
 def test_a_setting_courier_does_not_know_is_read_only_even_for_admins(as_role) -> None:

@@ -16,7 +16,7 @@ from django.utils.html import format_html
 from unfold.admin import TabularInline
 
 from audit.models import AuditLogEntry
-from courier_site.admin_base import AuditHistoryMixin, ReadOnlyAdmin, SoftDeleteAdmin
+from courier_site.admin_base import AuditHistoryMixin, ReadOnlyAdmin, RefusalAuditMixin, SoftDeleteAdmin
 from courier_site.errors import CourierError
 from jobs import chains
 from jobs.admin.schedules import ChainScheduleInline, save_schedule_formset
@@ -98,7 +98,7 @@ def _link_members(chain: JobChain, formset: Any) -> None:
 
 
 @admin.register(JobChain)
-class JobChainAdmin(TaggableAdminMixin, AuditHistoryMixin, SoftDeleteAdmin):
+class JobChainAdmin(TaggableAdminMixin, AuditHistoryMixin, RefusalAuditMixin, SoftDeleteAdmin):
     tag_entity_type = "job_chain"
     audit_entity_type = "chain"
     list_display = ("name", "is_enabled", "member_count", "last_run", "updated_at", "run_link")

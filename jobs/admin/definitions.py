@@ -16,7 +16,7 @@ from django.utils.html import format_html
 from unfold.admin import ModelAdmin, TabularInline
 
 from audit.models import AuditLogEntry
-from courier_site.admin_base import AuditHistoryMixin, ReadOnlyAdmin, SoftDeleteAdmin
+from courier_site.admin_base import AuditHistoryMixin, ReadOnlyAdmin, RefusalAuditMixin, SoftDeleteAdmin
 from courier_site.errors import CourierError
 from jobs import console
 from jobs.admin.schedules import (
@@ -52,6 +52,11 @@ class JobVersionInline(TabularInline):
     ordering = ("-version_number",)
     max_num = 0
 
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Versions are written by saving the job; without this an Admin (who holds add_jobversion)
+        # gets an empty inline row whose "changes" column fails on a version without a number.
+        return False
+
     @admin.display(description="changes")
     def diff_link(self, obj: JobVersion) -> str:
         if obj.version_number <= 1:
@@ -67,7 +72,7 @@ class JobVersionInline(TabularInline):
 
 
 @admin.register(Job)
-class JobAdmin(TaggableAdminMixin, AuditHistoryMixin, SoftDeleteAdmin):
+class JobAdmin(TaggableAdminMixin, AuditHistoryMixin, RefusalAuditMixin, SoftDeleteAdmin):
     tag_entity_type = "job"
     audit_entity_type = "job"
     form = console.JobForm
@@ -203,8 +208,10 @@ class JobAdmin(TaggableAdminMixin, AuditHistoryMixin, SoftDeleteAdmin):
 
 
 @admin.register(JobStep)
-class JobStepAdmin(ModelAdmin):
+class JobStepAdmin(RefusalAuditMixin, ModelAdmin):
     """A step on its own page: its configuration edited through a form built from the step type's schema."""
+
+    audit_entity_type = "job_step"
 
     list_display = ("job", "step_order", "name", "type_key", "timeout_seconds")
     list_filter = ("type_key",)

@@ -13,6 +13,7 @@ from django.utils.html import format_html, format_html_join
 from unfold.admin import ModelAdmin, TabularInline
 
 from audit.models import AuditLogEntry
+from courier_site.admin_base import RefusalAuditMixin
 from courier_site.errors import CourierError
 from jobs import cron, dependencies, scheduling
 from jobs.models import ChainSchedule, JobDependency, JobSchedule, Schedule
@@ -104,7 +105,7 @@ def _zone(name: str) -> Any:
     return ZoneInfo(name)
 
 
-class ScheduleAdminBase(ScheduleDisplay, ModelAdmin):
+class ScheduleAdminBase(ScheduleDisplay, RefusalAuditMixin, ModelAdmin):
     form = ScheduleForm
     list_filter = ("schedule_type", "is_enabled", "next_fire_at")
     readonly_fields = ("description", "upcoming_times", "last_fired_at", "next_fire_at")
@@ -150,6 +151,7 @@ class ScheduleAdminBase(ScheduleDisplay, ModelAdmin):
 
 @admin.register(JobSchedule)
 class JobScheduleAdmin(ScheduleAdminBase):
+    audit_entity_type = "job_schedule"
     list_display = (
         "job",
         "schedule_type",
@@ -168,6 +170,7 @@ class JobScheduleAdmin(ScheduleAdminBase):
 
 @admin.register(ChainSchedule)
 class ChainScheduleAdmin(ScheduleAdminBase):
+    audit_entity_type = "chain_schedule"
     list_display = (
         "chain",
         "schedule_type",
@@ -283,7 +286,8 @@ def save_dependency_formset(request: HttpRequest, formset: Any) -> None:
 
 
 @admin.register(JobDependency)
-class JobDependencyAdmin(ModelAdmin):
+class JobDependencyAdmin(RefusalAuditMixin, ModelAdmin):
+    audit_entity_type = "job_dependency"
     form = DependencyForm
     list_display = ("upstream_job", "arrow", "downstream_job", "run_on_failure")
     list_filter = ("run_on_failure",)
