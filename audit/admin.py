@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from abc import ABCMeta, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
@@ -93,7 +94,7 @@ class CheckedFilter:
     problem: str | None = None
 
 
-class CheckedTextFilter(CheckedFilter, TextFilter):
+class CheckedTextFilter(CheckedFilter, TextFilter, metaclass=ABCMeta):
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
         value = (self.value() or "").strip()
         if not value:
@@ -104,8 +105,9 @@ class CheckedTextFilter(CheckedFilter, TextFilter):
             self.problem = str(problem)
             return queryset.none()
 
+    @abstractmethod
     def apply(self, queryset: QuerySet, value: str) -> QuerySet:
-        raise NotImplementedError
+        """queryset narrowed by the checked value, or FilterProblem naming what is wrong."""
 
 
 class EntityTypeFilter(CheckedFilter, DropdownFilter):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ class UnknownSetting(CourierError):
 
 
 @dataclass(frozen=True, kw_only=True)
-class SettingSpec:
+class SettingSpec(ABC):
     """One known key. Subclasses parse and describe their type."""
 
     key: str
@@ -31,8 +32,9 @@ class SettingSpec:
     # Secret values are never shown in lists nor written to the audit log.
     secret: bool = False
 
+    @abstractmethod
     def parse(self, raw: str) -> Any:
-        raise NotImplementedError
+        """The typed value of raw, or SettingValueInvalid [E1006]."""
 
     def format(self, value: Any) -> str:
         return str(value)
@@ -41,8 +43,9 @@ class SettingSpec:
         """The stored form of raw, or SettingValueInvalid [E1006] naming the key and what is allowed."""
         return self.format(self.parse(raw))
 
+    @abstractmethod
     def describe(self) -> str:
-        raise NotImplementedError
+        """What values are allowed, for the operator."""
 
     def options(self) -> list[str] | None:
         """Fixed values the console offers in a drop-down, or None for free input."""

@@ -4,29 +4,19 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from courier_site.errors import CourierError
 from jobs import chains
+from jobs.lookup import find_by_name_or_id
 
 
 def find_chain(reference: str) -> Any:
-    """The chain named reference, or whose id it is; ambiguous or unknown names are errors."""
     from jobs.models import JobChain
 
-    try:
-        return JobChain.objects.get(pk=uuid.UUID(reference))
-    except (ValueError, JobChain.DoesNotExist):
-        pass
-    matches = list(JobChain.objects.filter(name=reference)[:2])
-    if not matches:
-        raise CommandError(f"no chain named or with id {reference!r}")
-    if len(matches) > 1:
-        raise CommandError(f"several chains are named {reference!r}; give the chain id instead")
-    return matches[0]
+    return find_by_name_or_id(JobChain.objects.all(), reference, "chain")
 
 
 class Command(BaseCommand):

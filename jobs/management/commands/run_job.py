@@ -4,31 +4,21 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from courier_site.errors import CourierError
 from jobs.engine import control
+from jobs.lookup import find_by_name_or_id
 
 FINISHED = ("completed", "failed", "cancelled")
 
 
 def find_job(reference: str) -> Any:
-    """The job named reference, or whose id it is; ambiguous or unknown names are errors."""
     from jobs.models import Job
 
-    try:
-        return Job.objects.get(pk=uuid.UUID(reference))
-    except (ValueError, Job.DoesNotExist):
-        pass
-    matches = list(Job.objects.filter(name=reference)[:2])
-    if not matches:
-        raise CommandError(f"no job named or with id {reference!r}")
-    if len(matches) > 1:
-        raise CommandError(f"several jobs are named {reference!r}; give the job id instead")
-    return matches[0]
+    return find_by_name_or_id(Job.objects.all(), reference, "job")
 
 
 class Command(BaseCommand):
