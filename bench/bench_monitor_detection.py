@@ -25,6 +25,7 @@ from bench.engine_support import (
     percentile,
     point_celery_at,
     private_broker_url,
+    private_queues,
     set_concurrency_limit,
     sleep_job,
 )
@@ -91,27 +92,6 @@ def _data_dir(work: Path) -> Iterator[None]:
         yield
     finally:
         settings.COURIER_DATA_DIR, settings.COURIER_ALLOWED_ROOTS = original
-
-
-@contextmanager
-def _private_queue(broker_url: str) -> Iterator[None]:
-    """Executions are dispatched to a queue of this run only, deleted afterwards with what nobody consumed."""
-    from django.conf import settings
-    from kombu import Connection, Exchange, Queue
-
-    original = settings.COURIER_QUEUE
-    name = f"courier-bench-{uuid.uuid4().hex[:8]}"
-    settings.COURIER_QUEUE = name
-    try:
-        yield
-    finally:
-        settings.COURIER_QUEUE = original
-        with Connection(broker_url) as connection:
-            # Celery's own shape for a queue it creates; declared first so that the channel
-            # knows the binding that delete() must remove along with the messages.
-            queue = Queue(name, Exchange(name), routing_key=name)(connection.default_channel)
-            queue.declare()
-            queue.delete()
 
 
 def _local_monitor(name: str, directory: Path, job: Any) -> Any:
@@ -415,7 +395,7 @@ def run(*, quick: bool = False) -> Report:
     )
     work = Path(tempfile.mkdtemp(prefix="courier-bench-monitor-")).resolve()
     try:
-        with _data_dir(work), _private_queue(broker_url), scratch_database():
+        with _data_dir(work), private_queues(broker_url), scratch_database():
             call_command("migrate", verbosity=0, interactive=False)
             # No worker consumes the private queue; with a small limit, dispatch stops at
             # its count query once the slots are taken instead of sending a message per execution.

@@ -5,9 +5,6 @@ from __future__ import annotations
 import random
 import threading
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,6 +14,7 @@ from bench.engine_support import (
     percentile,
     point_celery_at,
     private_broker_url,
+    private_queues,
     set_concurrency_limit,
     sleep_job,
     worker,
@@ -44,34 +42,6 @@ class Firing:
     lateness: list[float]
     audited: int
     scheduled: int
-
-
-@contextmanager
-def _private_queues() -> Iterator[str]:
-    """Queue names of this run only, so no message reaches the workers of a real installation."""
-    from django.conf import settings
-
-    original = settings.COURIER_QUEUE, settings.COURIER_CONTROL_QUEUE
-    queue = f"courier-bench-{uuid.uuid4().hex[:8]}"
-    settings.COURIER_QUEUE, settings.COURIER_CONTROL_QUEUE = queue, f"{queue}-control"
-    try:
-        yield queue
-    finally:
-        settings.COURIER_QUEUE, settings.COURIER_CONTROL_QUEUE = original
-
-
-def _delete_queues(broker_url: str, queue: str) -> None:
-    """Delete the run's queues with what nobody consumed: dispatched executions, beat's start-up task."""
-    from kombu import Connection, Exchange, Queue
-
-    with Connection(broker_url) as connection:
-        channel = connection.default_channel
-        for name in (queue, f"{queue}-control"):
-            # Celery's own shape for a queue it creates; declared first so that the channel
-            # knows the binding that delete() must remove along with the messages.
-            bound = Queue(name, Exchange(name), routing_key=name)(channel)
-            bound.declare()
-            bound.delete()
 
 
 def _offsets(count: int, spread: float) -> list[float]:
@@ -197,20 +167,16 @@ def run(*, quick: bool = False) -> Report:
     point_celery_at(broker_url)
     offsets = _offsets(count, spread)
     report = Report(f"schedule firing lateness, due instant -> execution queued ({count} one-shots over {spread:g} s)")
-    with _private_queues() as queue:
-        try:
-            with scratch_database():
-                call_command("migrate", verbosity=0, interactive=False)
-                # No job worker consumes COURIER_QUEUE, so executions stay queued. With a
-                # small limit the dispatch that follows each fire stops at its count query
-                # once the slots are taken, instead of sending (and resending every 30 s)
-                # a message for each execution that nobody will run.
-                set_concurrency_limit(5)
-                jobs = [sleep_job(f"scheduled-{number}", 0.01) for number in range(JOB_COUNT)]
-                ours = _fired_by_beat(jobs, offsets, broker_url)
-                anchor = _fired_by_poller(jobs, offsets)
-        finally:
-            _delete_queues(broker_url, queue)
+    with private_queues(broker_url), scratch_database():
+        call_command("migrate", verbosity=0, interactive=False)
+        # No job worker consumes COURIER_QUEUE, so executions stay queued. With a
+        # small limit the dispatch that follows each fire stops at its count query
+        # once the slots are taken, instead of sending (and resending every 30 s)
+        # a message for each execution that nobody will run.
+        set_concurrency_limit(5)
+        jobs = [sleep_job(f"scheduled-{number}", 0.01) for number in range(JOB_COUNT)]
+        ours = _fired_by_beat(jobs, offsets, broker_url)
+        anchor = _fired_by_poller(jobs, offsets)
     if not ours.lateness or not anchor.lateness:
         raise RuntimeError(f"no schedule fired (Courier {len(ours.lateness)}, anchor {len(anchor.lateness)})")
     anchor_label = f"{POLL_SECONDS:g}-s poller"

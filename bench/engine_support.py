@@ -199,3 +199,29 @@ def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
     return ordered[index]
+
+
+@contextmanager
+def private_queues(broker_url: str) -> Iterator[str]:
+    """Queue names of this run only, so no message reaches the workers of a real installation;
+    afterwards the queues are deleted with whatever nobody consumed."""
+    import uuid
+
+    from django.conf import settings
+    from kombu import Connection, Exchange, Queue
+
+    original = settings.COURIER_QUEUE, settings.COURIER_CONTROL_QUEUE
+    queue = f"courier-bench-{uuid.uuid4().hex[:8]}"
+    settings.COURIER_QUEUE, settings.COURIER_CONTROL_QUEUE = queue, f"{queue}-control"
+    try:
+        yield queue
+    finally:
+        settings.COURIER_QUEUE, settings.COURIER_CONTROL_QUEUE = original
+        with Connection(broker_url) as connection:
+            channel = connection.default_channel
+            for name in (queue, f"{queue}-control", f"{queue}-monitors"):
+                # Celery's own shape for a queue it creates; declared first so that the channel
+                # knows the binding that delete() must remove along with the messages.
+                bound = Queue(name, Exchange(name), routing_key=name)(channel)
+                bound.declare()
+                bound.delete()
