@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import date
 
+import psycopg
 import pytest
 from django.conf import settings
 from django.core.management import call_command
@@ -62,3 +66,58 @@ def test_missing_coming_months_are_reported() -> None:
 )
 def test_month_start_moves_across_years(day: date, offset: int, expected: date) -> None:
     assert partitions.month_start(day, offset) == expected
+
+
+def _url_of(conninfo: str) -> str:
+    info = psycopg.conninfo.conninfo_to_dict(conninfo)
+    credentials = info.get("user", "") + (f":{info['password']}" if info.get("password") else "")
+    return f"postgresql://{credentials}@{info.get('host', '127.0.0.1')}:{info.get('port', 5432)}/{info['dbname']}"
+
+
+def _migrate_at_once(database_url: str, runs: int) -> list[subprocess.CompletedProcess[str]]:
+    """`runs` separate `manage.py migrate` processes started together against one database."""
+    env = {**os.environ, "DATABASE_URL": database_url}
+    started = [
+        subprocess.Popen(
+            [sys.executable, "manage.py", "migrate", "--no-input"],
+            cwd=settings.BASE_DIR,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(runs)
+    ]
+    finished = []
+    for process in started:
+        try:
+            stdout, stderr = process.communicate(timeout=120)
+        finally:
+            if process.poll() is None:
+                process.kill()
+        finished.append(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr))
+    return finished
+
+
+def test_four_migrate_commands_started_at_once_on_an_empty_database_all_succeed(scratch_database: str) -> None:
+    url = _url_of(scratch_database)
+
+    first_deploy = _migrate_at_once(url, 4)
+    assert [run.returncode for run in first_deploy] == [0, 0, 0, 0], [run.stderr[-2000:] for run in first_deploy]
+    second_deploy = _migrate_at_once(url, 4)
+    assert [run.returncode for run in second_deploy] == [0, 0, 0, 0], [run.stderr[-2000:] for run in second_deploy]
+
+    # Each SQL script ran once: exactly one of the first four runs applied it.
+    shipped = [script.name for script in sqlmigrations.discover(settings.COURIER_SQL_DIR)]
+    applying_runs = [run for run in first_deploy if "applying 0001_" in run.stdout]
+    assert len(applying_runs) == 1
+    assert all("No SQL scripts to apply." in run.stdout for run in second_deploy)
+    with psycopg.connect(scratch_database) as conn:
+        recorded = [row[0] for row in conn.execute("SELECT script_name FROM schema_versions ORDER BY script_name")]
+        django_rows, distinct_rows = conn.execute(
+            "SELECT count(*), count(DISTINCT (app, name)) FROM django_migrations"
+        ).fetchone()
+        groups = [row[0] for row in conn.execute("SELECT name FROM auth_group ORDER BY name")]
+    assert recorded == shipped
+    assert django_rows == distinct_rows > 0
+    assert groups == ["Admin", "Operator", "Viewer"]

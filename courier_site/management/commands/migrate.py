@@ -16,7 +16,7 @@ from system.values import setting_int
 
 class Command(DjangoMigrateCommand):
     help = (
-        "Apply Courier's numbered SQL scripts (sql/) under an advisory lock, then Django's "
+        "Under one advisory lock, apply Courier's numbered SQL scripts (sql/), then Django's "
         "migrations, then make sure monthly partitions exist for this month and the next two."
     )
 
@@ -28,18 +28,22 @@ class Command(DjangoMigrateCommand):
             if verbosity >= 1:
                 self.stdout.write(f"  SQL {message}")
 
-        if verbosity >= 1:
-            self.stdout.write(self.style.MIGRATE_HEADING("Applying SQL scripts from sql/:"))
-        try:
-            applied = sqlmigrations.apply(conninfo_for(database), settings.COURIER_SQL_DIR, log)
-        except CourierError as error:
-            raise CommandError(str(error)) from error
-        if verbosity >= 1 and not applied:
-            self.stdout.write("  No SQL scripts to apply.")
+        # One lock over the whole command: our scripts, Django's tables (django_migrations is
+        # created with CREATE TABLE, which two sessions cannot race on), the role groups that
+        # post_migrate writes and the partitions. A second deploy waits, then finds nothing to do.
+        with sqlmigrations.deploy_lock(conninfo_for(database)) as locked:
+            if verbosity >= 1:
+                self.stdout.write(self.style.MIGRATE_HEADING("Applying SQL scripts from sql/:"))
+            try:
+                applied = sqlmigrations.apply_locked(locked, settings.COURIER_SQL_DIR, log)
+            except CourierError as error:
+                raise CommandError(str(error)) from error
+            if verbosity >= 1 and not applied:
+                self.stdout.write("  No SQL scripts to apply.")
 
-        super().handle(*args, **options)
+            super().handle(*args, **options)
 
-        months_ahead = setting_int("partition.months_ahead", partitions.MINIMUM_MONTHS_AHEAD, using=database)
-        months = partitions.ensure_partitions(months_ahead, using=database)
+            months_ahead = setting_int("partition.months_ahead", partitions.MINIMUM_MONTHS_AHEAD, using=database)
+            months = partitions.ensure_partitions(months_ahead, using=database)
         if verbosity >= 1:
             self.stdout.write(f"SQL scripts applied: {len(applied)}; partitions ready for {', '.join(months)}.")
