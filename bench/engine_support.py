@@ -50,10 +50,12 @@ def _process_environment(broker_url: str, data_dir: str) -> dict[str, str]:
     }
 
 
-def _start_celery(arguments: list[str], broker_url: str, data_dir: str) -> tuple[subprocess.Popen, Path]:
+def _start_celery(
+    arguments: list[str], broker_url: str, data_dir: str, log_name: str = "celery.log"
+) -> tuple[subprocess.Popen, Path]:
     """Start `celery -A courier_site <arguments>` in a session of its own, logging into data_dir."""
-    log_path = Path(data_dir) / "celery.log"
-    with log_path.open("w") as log:
+    log_path = Path(data_dir) / log_name
+    with log_path.open("a") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "courier_site", *arguments],
             cwd=ROOT,
@@ -88,7 +90,7 @@ def _tail(log_path: Path, characters: int = 2000) -> str:
     return log_path.read_text(errors="replace")[-characters:] if log_path.exists() else "(no output)"
 
 
-def _stop(process: subprocess.Popen) -> None:
+def stop_process(process: subprocess.Popen) -> None:
     """SIGTERM (Celery's warm shutdown), then SIGKILL for the whole process group."""
     if process.poll() is None:
         # To the main process only: it stops its pool children itself and marks its
@@ -104,15 +106,21 @@ def _stop(process: subprocess.Popen) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
-@contextmanager
-def worker(concurrency: int, broker_url: str, queues: Sequence[str] = ()) -> Iterator[subprocess.Popen]:
-    """A `celery worker` process with the bench step types; waits until it reports its heartbeat.
+def start_worker(
+    concurrency: int,
+    broker_url: str,
+    data_dir: str,
+    *,
+    queues: Sequence[str] = (),
+    hostname: str = "bench",
+    log_name: str = "celery.log",
+) -> tuple[subprocess.Popen, Path]:
+    """Start a `celery worker` with the bench step types on queues (default COURIER_QUEUE); wait until ready.
 
-    It consumes queues, by default COURIER_QUEUE (job runs).
+    Several workers may share data_dir, as the workers of one installation share COURIER_DATA_DIR.
     """
     from django.conf import settings
 
-    data_dir = tempfile.mkdtemp(prefix="courier-bench-")
     process, log_path = _start_celery(
         [
             "worker",
@@ -123,19 +131,37 @@ def worker(concurrency: int, broker_url: str, queues: Sequence[str] = ()) -> Ite
             "--concurrency",
             str(concurrency),
             "--hostname",
-            "bench@%h",
+            f"{hostname}@%h",
             "--without-gossip",
             "--without-mingle",
         ],
         broker_url,
         data_dir,
+        log_name,
     )
     try:
         _wait_for_heartbeat("worker", process, log_path)
-        time.sleep(1.0)  # let the pool processes finish booting
-        yield process
+    except BaseException:
+        stop_process(process)
+        raise
+    return process, log_path
+
+
+@contextmanager
+def worker(concurrency: int, broker_url: str, queues: Sequence[str] = ()) -> Iterator[subprocess.Popen]:
+    """A `celery worker` process with the bench step types; waits until it reports its heartbeat.
+
+    It consumes queues, by default COURIER_QUEUE (job runs).
+    """
+    data_dir = tempfile.mkdtemp(prefix="courier-bench-")
+    try:
+        process, _ = start_worker(concurrency, broker_url, data_dir, queues=queues)
+        try:
+            time.sleep(1.0)  # let the pool processes finish booting
+            yield process
+        finally:
+            stop_process(process)
     finally:
-        _stop(process)
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
@@ -152,7 +178,7 @@ def beat(broker_url: str) -> Iterator[subprocess.Popen]:
         _wait_for_heartbeat("beat", process, log_path)
         yield process
     finally:
-        _stop(process)
+        stop_process(process)
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
