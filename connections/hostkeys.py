@@ -13,6 +13,7 @@ from django.utils import timezone
 from audit.models import AuditLogEntry
 from audit.querysets import actor_name
 from connections.errors import HostKeyRejected
+from connections.models import Connection, KnownHost
 from connections.policy import refuse_insecure_trust_in_production
 
 # known_hosts.approved_by of a key that was offered but not (yet) approved by an Admin.
@@ -36,7 +37,6 @@ def verify(connection: Any, key_type: str, offered: str) -> HostKeyDecision:
     Refusals raise HostKeyRejected [E3002] and leave the offered key pending for an Admin;
     always_trust where production forbids it raises ConnectionPolicyRefused [E3004].
     """
-    from connections.models import Connection, KnownHost
 
     with transaction.atomic():
         locked = Connection.all_objects.select_for_update().get(pk=connection.pk)
@@ -99,7 +99,6 @@ def verify(connection: Any, key_type: str, offered: str) -> HostKeyDecision:
 
 def approve(known_host: Any, *, by: Any) -> None:
     """An Admin accepts a pending key: it becomes the only trusted key of its connection."""
-    from connections.models import Connection, KnownHost
 
     with transaction.atomic():
         KnownHost.objects.filter(connection_id=known_host.connection_id).exclude(pk=known_host.pk).delete()

@@ -7,6 +7,7 @@ import uuid
 from django.db import models
 from django.db.models.functions import Now
 
+from courier_site.envelope import keyring
 from courier_site.softdelete import SoftDeleteModel
 
 
@@ -97,7 +98,6 @@ class Connection(SoftDeleteModel):
 
     def set_password(self, password: str | None) -> None:
         """Seal the password with the master key; it is never stored or shown in clear."""
-        from courier_site.envelope import keyring
 
         self.password_encrypted = keyring().seal(password) if password else None
 

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import datetime
 from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
 
 from audit.models import AuditLogEntry
+from connections.models import Connection
 from courier_site.errors import CourierError
+from jobs.chains import MemberSpec, check_members
 from jobs.definitions import check_definition, record_version
+from jobs.dependencies import check_edge
+from jobs.models import Job, JobChain, JobChainMember, JobDependency, JobStep
 from jobs.redaction import is_secret_key
+from jobs.scheduling import check as check_schedule
+from jobs.scheduling import refresh as refresh_schedule
 from jobs.secrets import seal_config
+from monitors.models import FileMonitor, MonitorJobBinding
+from monitors.services import check_definition as check_monitor_definition
+from tags.models import EntityTag, Tag
 
 FORMAT = "courier-definitions"
 FORMAT_VERSION = 1
@@ -61,9 +72,6 @@ def export_jobs(jobs: Any, chains: Any = None, monitors: Any = None) -> dict[str
     """A JSON-ready document with the given jobs, chains and monitors: steps, schedules, dependencies,
     bindings, tags and the connections they use (no secrets, no history). A chain brings its member
     jobs along, a monitor the jobs and chains it runs."""
-    from connections.models import Connection
-    from jobs.models import Job, JobChain
-    from tags.models import EntityTag
 
     monitors = list(monitors.order_by("name")) if monitors is not None else []
     bound = [binding for monitor in monitors for binding in monitor.bindings.all()]
@@ -138,8 +146,6 @@ MONITOR_FIELDS = (
 
 
 def _portable_monitor(monitor: Any, names: dict[str, str]) -> dict[str, Any]:
-    from tags.models import EntityTag
-
     target = dict(monitor.watch_target or {})
     if target.get("connection_id") and str(target["connection_id"]) in names:
         target["connection_id"] = CONNECTION_REFERENCE + names[str(target["connection_id"])]
@@ -171,8 +177,6 @@ def _portable_schedule(schedule: Any) -> dict[str, Any]:
 
 
 def _portable_chain(chain: Any) -> dict[str, Any]:
-    from tags.models import EntityTag
-
     return {
         "name": chain.name,
         "description": chain.description or "",
@@ -194,8 +198,6 @@ def _portable_chain(chain: Any) -> dict[str, Any]:
 
 
 def _is_uuid(value: str) -> bool:
-    import uuid
-
     try:
         uuid.UUID(value)
     except ValueError:
@@ -237,7 +239,6 @@ def _validate_document(document: Any) -> list[dict[str, Any]]:
 
 def _import_connections(document: dict[str, Any], report: dict[str, list[str]]) -> dict[str, str]:
     """Create or update connections by name (never their secrets); returns name -> id."""
-    from connections.models import Connection
 
     for data in document.get("connections") or []:
         fields = {field: data[field] for field in CONNECTION_FIELDS if field in data and field != "name"}
@@ -278,8 +279,6 @@ def _check_job(job: dict[str, Any]) -> None:
 
 def import_jobs(document: Any, *, by: Any, dry_run: bool = False) -> dict[str, list[str]]:
     """Create or update jobs by name, all or nothing; a changed definition gets a new version."""
-    from jobs.models import Job, JobStep
-    from tags.models import EntityTag, Tag
 
     jobs = _validate_document(document)
     report: dict[str, list[str]] = {
@@ -359,9 +358,6 @@ def _definition_key(job: Any) -> Any:
 
 def _replace_schedules(owner: Any, schedules: Any, label: str) -> None:
     """Schedules travel with their job or chain: the file's list replaces the stored one."""
-    from datetime import datetime
-
-    from jobs import scheduling
 
     if schedules is None:
         return
@@ -388,17 +384,15 @@ def _replace_schedules(owner: Any, schedules: Any, label: str) -> None:
         if schedule.schedule_type == "one_shot" and run_at is not None and run_at <= timezone.now():
             schedule.is_enabled = False
         try:
-            scheduling.check(schedule, run_at_changed=schedule.is_enabled)
+            check_schedule(schedule, run_at_changed=schedule.is_enabled)
         except CourierError as error:
             raise ImportRefused(f"{label}: schedule {index}: {error}") from error
-        scheduling.refresh(schedule)
+        refresh_schedule(schedule)
         schedule.save()
 
 
 def _import_dependencies(jobs: list[dict[str, Any]]) -> None:
     """Each imported job's upstream list replaces its stored one; names must exist after the import."""
-    from jobs import dependencies
-    from jobs.models import Job, JobDependency
 
     for data in jobs:
         upstream = data.get("upstream")
@@ -414,7 +408,7 @@ def _import_dependencies(jobs: list[dict[str, Any]]) -> None:
             if parent is None:
                 raise ImportRefused(f"job '{data['name']}' depends on '{name}', which is neither here nor in the file")
             try:
-                dependencies.check_edge(parent.pk, job.pk)
+                check_edge(parent.pk, job.pk)
             except CourierError as error:
                 raise ImportRefused(f"job '{data['name']}': {error}") from error
             JobDependency.objects.create(
@@ -424,9 +418,6 @@ def _import_dependencies(jobs: list[dict[str, Any]]) -> None:
 
 def _import_chain(data: dict[str, Any], *, by: Any, report: dict[str, list[str]]) -> None:
     """Create or update a chain by name: members (by job name and order) and schedules are replaced."""
-    from jobs import chains
-    from jobs.models import Job, JobChain, JobChainMember
-    from tags.models import EntityTag, Tag
 
     label = f"chain '{data['name']}'"
     members = data.get("members") or []
@@ -443,7 +434,7 @@ def _import_chain(data: dict[str, Any], *, by: Any, report: dict[str, list[str]]
             raise ImportRefused(f"{label}: every member needs an integer execution_order")
         jobs[order] = job
         specs.append(
-            chains.MemberSpec(
+            MemberSpec(
                 execution_order=order,
                 job_id=job.pk,
                 depends_on_order=item.get("after"),
@@ -451,7 +442,7 @@ def _import_chain(data: dict[str, Any], *, by: Any, report: dict[str, list[str]]
             )
         )
     try:
-        chains.check_members(specs)
+        check_members(specs)
     except CourierError as error:
         raise ImportRefused(f"{label}: {error}") from error
     chain = JobChain.objects.filter(name=data["name"]).order_by("created_at").first()
@@ -487,10 +478,6 @@ def _import_chain(data: dict[str, Any], *, by: Any, report: dict[str, list[str]]
 
 def _import_monitor(data: Any, connection_ids: dict[str, str], *, by: Any, report: dict[str, list[str]]) -> None:
     """Create or update a monitor by name; its bindings name jobs and chains, its remote target a connection."""
-    from jobs.models import Job, JobChain
-    from monitors import services
-    from monitors.models import FileMonitor, MonitorJobBinding
-    from tags.models import EntityTag, Tag
 
     if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not data["name"].strip():
         raise ImportRefused('every monitor needs a non-empty "name"')
@@ -514,7 +501,7 @@ def _import_monitor(data: Any, connection_ids: dict[str, str], *, by: Any, repor
     elif monitor.state == "disabled":
         monitor.state = "active"
     try:
-        services.check_definition(monitor)
+        check_monitor_definition(monitor)
     except CourierError as error:
         raise ImportRefused(f"{label}: {error}") from error
     monitor.save()

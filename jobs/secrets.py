@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+from courier_site.envelope import keyring
 from courier_site.errors import CourierError
 from jobs.steps.base import get_step_type
 
@@ -24,7 +25,6 @@ def _secret_names(type_key: str) -> set[str]:
 
 def seal_config(type_key: str, configuration: dict[str, Any]) -> dict[str, Any]:
     """The configuration with every plain secret value replaced by {"sealed": "<base64 envelope>"}."""
-    from courier_site.envelope import keyring
 
     names = _secret_names(type_key)
     sealed = dict(configuration)
@@ -37,7 +37,6 @@ def seal_config(type_key: str, configuration: dict[str, Any]) -> dict[str, Any]:
 
 def unseal_config(configuration: dict[str, Any]) -> dict[str, Any]:
     """The configuration with sealed values opened, for the step about to run (never stored)."""
-    from courier_site.envelope import keyring
 
     opened = dict(configuration)
     for name, value in configuration.items():

@@ -9,6 +9,7 @@ from django.core.exceptions import ValidationError
 
 from courier_site.errors import CourierError
 from keystore import pgp, ssh
+from keystore.lifecycle import successor_problem
 from keystore.models import PgpKey, SshKey
 
 
@@ -141,8 +142,6 @@ class PgpKeyChangeForm(forms.ModelForm):
         fields = ("name", "purpose", "successor_key")
 
     def clean_successor_key(self) -> Any:
-        from keystore.lifecycle import successor_problem
-
         successor = self.cleaned_data.get("successor_key")
         problem = successor_problem(self.instance, successor)
         if problem:

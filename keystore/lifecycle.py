@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from audit.models import AuditLogEntry
 from keystore.errors import KeyNotUsable
+from keystore.models import PgpKey
 from system.values import setting_int
 
 # What each state still allows (SPEC 6).
@@ -42,8 +43,6 @@ def check_use(key: Any, use: str) -> None:
 
 
 def _change(key: Any, status: str, *, by: Any, operation: str, **details: Any) -> None:
-    from keystore.models import PgpKey
-
     previous = key.status
     PgpKey.all_objects.filter(pk=key.pk).update(status=status, updated_at=timezone.now())
     key.status = status
@@ -74,7 +73,6 @@ def revoke(key: Any, *, by: Any) -> None:
 @transaction.atomic
 def delete(key: Any, *, by: Any) -> None:
     """Wipe the private material and mark the key deleted (the public half stays for history)."""
-    from keystore.models import PgpKey
 
     PgpKey.all_objects.filter(pk=key.pk).update(
         private_key_data=None, passphrase_hash=None, is_deleted=True, deleted_at=timezone.now()
@@ -84,7 +82,6 @@ def delete(key: Any, *, by: Any) -> None:
 
 def scan_expiry(now: Any = None) -> dict[str, list[str]]:
     """Daily: keys inside the warning window become expiring; keys past expiry are retired."""
-    from keystore.models import PgpKey
 
     now = now or timezone.now()
     warning = timedelta(days=setting_int("key.expiration_warning_days", 30))

@@ -7,6 +7,7 @@ import uuid
 from django.db import models
 from django.db.models.functions import Now
 
+from courier_site.envelope import keyring
 from courier_site.softdelete import SoftDeleteModel
 
 
@@ -46,7 +47,6 @@ class SshKey(SoftDeleteModel):
 
     def set_private_key(self, text: str) -> None:
         """Seal the private key (OpenSSH or PEM text) with the master key."""
-        from courier_site.envelope import keyring
 
         self.private_key_data = keyring().seal(text)
 

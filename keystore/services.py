@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django.db import transaction
@@ -10,13 +11,13 @@ from audit.models import AuditLogEntry
 from audit.querysets import actor_name
 from courier_site.envelope import keyring
 from keystore import pgp, ssh
-from keystore.errors import DuplicateKey
+from keystore.errors import DuplicateKey, KeyNotUsable
+from keystore.models import PgpKey, SshKey
 
 
 @transaction.atomic
 def save_ssh_key(name: str, material: ssh.SshKeyMaterial, *, by: Any, operation: str, notes: str = "") -> Any:
     """Store an SSH key with its private half sealed; a fingerprint already stored is refused [E4002]."""
-    from keystore.models import SshKey
 
     existing = SshKey.objects.filter(fingerprint=material.fingerprint).first()
     if existing is not None:
@@ -53,7 +54,6 @@ def import_ssh_key(name: str, private_text: str, passphrase: str | None, *, by: 
 @transaction.atomic
 def save_pgp_key(name: str, material: pgp.PgpKeyMaterial, *, by: Any, operation: str, purpose: str = "") -> Any:
     """Store a PGP key (private half and passphrase sealed together); a stored fingerprint is refused [E4002]."""
-    from keystore.models import PgpKey
 
     existing = PgpKey.objects.filter(fingerprint=material.fingerprint).first()
     if existing is not None:
@@ -110,9 +110,6 @@ def import_pgp_key(name: str, data: str | bytes, passphrase: str | None, *, by: 
 
 def export_private_pgp_key(key: Any, *, by: Any) -> str:
     """The armored private key, for an Admin who confirmed it; audited. Refused for public-only keys."""
-    import json
-
-    from keystore.errors import KeyNotUsable
 
     if not key.private_key_data:
         raise KeyNotUsable(f"key '{key.name}' has no private half")

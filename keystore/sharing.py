@@ -14,6 +14,7 @@ from django.utils import timezone
 from audit.models import AuditLogEntry
 from audit.querysets import actor_name
 from courier_site.errors import CourierError
+from keystore.models import PgpKey, PublicKeyShareToken, SshKey
 from system.values import setting_bool, setting_int
 
 
@@ -28,7 +29,6 @@ def token_hash(token: str) -> str:
 @transaction.atomic
 def create_link(key_kind: str, key: Any, *, days: int, by: Any) -> tuple[Any, str]:
     """A new link (and its token, to show once) for the public half of key."""
-    from keystore.models import PublicKeyShareToken
 
     if not setting_bool("security.public_key_share_links_enabled", False):
         raise ShareLinkRefused("share links are disabled (system setting security.public_key_share_links_enabled)")
@@ -54,8 +54,6 @@ def create_link(key_kind: str, key: Any, *, days: int, by: Any) -> tuple[Any, st
 
 
 def revoke_link(link: Any, *, by: Any) -> None:
-    from keystore.models import PublicKeyShareToken
-
     PublicKeyShareToken.objects.filter(pk=link.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
     AuditLogEntry.objects.record(
         entity_type="share_token",
@@ -68,7 +66,6 @@ def revoke_link(link: Any, *, by: Any) -> None:
 
 def resolve(token: str, client_address: str) -> tuple[str, str] | None:
     """(file name, public key text) for a live token, counting and auditing the download; None otherwise."""
-    from keystore.models import PgpKey, PublicKeyShareToken, SshKey
 
     with transaction.atomic():
         link = (

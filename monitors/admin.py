@@ -16,10 +16,12 @@ from django.utils.html import format_html
 from unfold.admin import TabularInline
 
 from audit.models import AuditLogEntry
+from connections.models import Connection
 from courier_site.admin_base import AuditHistoryMixin, ReadOnlyAdmin, RefusalAuditMixin, SoftDeleteAdmin
 from courier_site.errors import CourierError
 from monitors import detection, services
 from monitors.models import FileMonitor, MonitorDirectoryState, MonitorFileLog, MonitorJobBinding
+from monitors.tasks import poll_monitor
 from tags.admin_mixins import TaggableAdminMixin
 
 # Verb -> what the confirmation says; which verbs each state offers (services.change_state decides).
@@ -87,8 +89,6 @@ class FileMonitorForm(forms.ModelForm):
         )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        from connections.models import Connection
-
         super().__init__(*args, **kwargs)
         self.fields["target_connection"].queryset = Connection.objects.order_by("name")
         monitor = self.instance
@@ -337,8 +337,6 @@ class FileMonitorAdmin(TaggableAdminMixin, AuditHistoryMixin, RefusalAuditMixin,
 
     @admin.action(description="Poll selected monitors now", permissions=["change"])
     def poll_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
-        from monitors.tasks import poll_monitor
-
         count = 0
         for monitor in queryset.filter(state__in=services.POLLING_STATES):
             poll_monitor.delay(str(monitor.pk))

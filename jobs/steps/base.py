@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from jobs.errors import Cancelled, StepConfigurationError, UnknownStepType
+from django.conf import settings
+
+from jobs.errors import Cancelled, StepConfigurationError, StepFailed, UnknownStepType
 
 _KINDS: dict[str, tuple[type, ...]] = {
     "string": (str,),
@@ -186,7 +188,6 @@ class StepType:
     def execute(self, config: dict[str, Any], context: StepContext, cancel: CancelToken) -> StepResult:
         """Do the step's work; every runnable step type overrides this. Control-flow types
         (flow.*) are interpreted by the engine and never reach it."""
-        from jobs.errors import StepFailed
 
         raise StepFailed(f"step type {self.type_key} cannot run on its own")
 
@@ -248,7 +249,6 @@ def _load_builtin_steps() -> None:
     global _loaded
     if _loaded:
         return
-    from django.conf import settings
 
     for module in (*BUILTIN_STEP_MODULES, *getattr(settings, "COURIER_STEP_MODULES", [])):
         importlib.import_module(module)

@@ -9,6 +9,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from connections.diagnostics import test_connection
+from connections.models import Connection
 
 
 class Command(BaseCommand):
@@ -20,8 +21,6 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from connections.models import Connection
-
         reference = options["connection"]
         try:
             connection = Connection.objects.select_related("ssh_key").get(pk=uuid.UUID(reference))

@@ -8,7 +8,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
+from jobs.models import Job, JobChain
 from jobs.portability import export_jobs
+from monitors.models import FileMonitor
 
 
 class Command(BaseCommand):
@@ -25,8 +27,6 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from jobs.models import Job, JobChain
-        from monitors.models import FileMonitor
 
         jobs = Job.objects.all()
         chains = JobChain.objects.all()

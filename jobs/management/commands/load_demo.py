@@ -9,7 +9,10 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
+from jobs import scheduling
 from jobs.definitions import record_version
+from jobs.models import ChainSchedule, Job, JobChain, JobChainMember, JobStep
+from monitors.models import FileMonitor, MonitorJobBinding
 
 DEMO_JOB = "Demo: package the partner inbox"
 DEMO_ARCHIVE_JOB = "Demo: archive delivered packages"
@@ -25,8 +28,6 @@ class Command(BaseCommand):
     )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from jobs.models import Job, JobStep
-
         demo = Path(settings.COURIER_DATA_DIR) / "demo"
         inbox = demo / "inbox"
         inbox.mkdir(parents=True, exist_ok=True)
@@ -91,8 +92,6 @@ class Command(BaseCommand):
 
     def _create_chain(self, package_job: Any, demo: Path) -> None:
         """A second job that archives what the first delivered, chained after it and scheduled nightly."""
-        from jobs import scheduling
-        from jobs.models import ChainSchedule, Job, JobChain, JobChainMember, JobStep
 
         archive_job = Job.objects.create(
             name=DEMO_ARCHIVE_JOB,
@@ -119,8 +118,6 @@ class Command(BaseCommand):
 
     def _create_drop_monitor(self, demo: Path, drop: Path) -> None:
         """A local monitor on the drop folder, one run per file: pack it, deliver it, clear the drop folder."""
-        from jobs.models import Job, JobStep
-        from monitors.models import FileMonitor, MonitorJobBinding
 
         job = Job.objects.create(
             name=DEMO_DROP_JOB,

@@ -11,11 +11,10 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from courier_site.errors import CourierError
 from jobs import chains
 from jobs.lookup import find_by_name_or_id
+from jobs.models import ChainExecution, JobChain
 
 
 def find_chain(reference: str) -> Any:
-    from jobs.models import JobChain
-
     return find_by_name_or_id(JobChain.objects.all(), reference, "chain")
 
 
@@ -30,8 +29,6 @@ class Command(BaseCommand):
         parser.add_argument("--user", default="cli", help="name recorded as the operator (default: cli)")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from jobs.models import ChainExecution
-
         chain = find_chain(options["chain"])
         try:
             execution = chains.trigger(chain, triggered_by=f"manual:{options['user']}", by=options["user"])

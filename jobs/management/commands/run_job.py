@@ -11,13 +11,12 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from courier_site.errors import CourierError
 from jobs.engine import control
 from jobs.lookup import find_by_name_or_id
+from jobs.models import Job, JobExecution, StepExecution
 
 FINISHED = ("completed", "failed", "cancelled")
 
 
 def find_job(reference: str) -> Any:
-    from jobs.models import Job
-
     return find_by_name_or_id(Job.objects.all(), reference, "job")
 
 
@@ -34,8 +33,6 @@ class Command(BaseCommand):
         parser.add_argument("--user", default="cli", help="name recorded as the operator (default: cli)")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from jobs.models import JobExecution, StepExecution
-
         job = find_job(options["job"])
         try:
             execution = control.enqueue(job, triggered_by=f"manual:{options['user']}", requested_by=options["user"])

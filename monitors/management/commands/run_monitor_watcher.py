@@ -8,6 +8,10 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
+from courier_site import heartbeats
+from courier_site.worker import ensure_schema_current
+from monitors.watcher import MonitorWatcher
+
 
 class Command(BaseCommand):
     help = (
@@ -16,9 +20,6 @@ class Command(BaseCommand):
     )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from courier_site import heartbeats
-        from courier_site.worker import ensure_schema_current
-        from monitors.watcher import MonitorWatcher
 
         ensure_schema_current()
         stop = threading.Event()
