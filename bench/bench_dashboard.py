@@ -101,7 +101,7 @@ def run(*, quick: bool = False) -> Report:
     from django.test import Client, override_settings
     from django.urls import reverse
 
-    from courier_site.dashboard import CLOSED_DAYS_CACHE_SECONDS
+    from console.dashboard import CLOSED_DAYS_CACHE_SECONDS
     from jobs.models import Job
 
     rows = 100_000 if quick else 1_000_000

@@ -72,6 +72,8 @@ INSTALLED_APPS = [
     "connections",
     "jobs",
     "monitors",
+    # Above every domain app: the dashboard reads them all.
+    "console",
 ]
 
 MIDDLEWARE = [

@@ -6,8 +6,8 @@ from django.contrib import admin
 from django.urls import path
 from django.views.generic import RedirectView
 
+from console.views import dashboard_view
 from courier_site import health
-from courier_site.admin import dashboard_view
 from keystore.views import shared_public_key
 
 urlpatterns = [

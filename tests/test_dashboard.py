@@ -16,7 +16,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from courier_site import dashboard
+from console import dashboard
 from courier_site.partitions import PARTITIONED_TABLES, month_start
 from courier_site.roles import OPERATOR, VIEWER
 from jobs.models import Job, JobExecution

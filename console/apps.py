@@ -1,0 +1,11 @@
+"""App configuration for the console's own pages."""
+
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class ConsoleConfig(AppConfig):
+    name = "console"
+    verbose_name = "Console"
+    default_auto_field = "django.db.models.BigAutoField"
