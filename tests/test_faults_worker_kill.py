@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import pwd
 import random
 import shutil
@@ -142,6 +141,21 @@ def partner_file(live: LiveDatabase, django_db_blocker: Any, tmp_path_factory: p
     )
     subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], check=False)
     return {"key": key, "plain": plain, "encrypted": encrypted, "sha256": sha256(plain)}
+
+
+@pytest.fixture
+def partner_folder(sshd: SshServer, request: pytest.FixtureRequest) -> Iterator[Callable[..., Path]]:
+    """Folders in the partner's SFTP home for one test, removed afterwards (tens of MB each)."""
+    made: list[Path] = []
+
+    def make(files: dict[str, bytes] | None = None) -> Path:
+        folder = sftp_folder(sshd, f"kill-{request.node.name[:40]}-{time.monotonic_ns()}", files)
+        made.append(folder)
+        return folder
+
+    yield make
+    for folder in made:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
@@ -312,13 +326,13 @@ def no_work_left(cluster: CeleryCluster) -> None:
 
 # ---------------------------------------------------------------------- the tests
 def test_upload_killed_mid_file_is_resumed_by_the_surviving_worker_and_the_partner_gets_one_complete_file(
-    cluster: CeleryCluster, sshd: SshServer
+    cluster: CeleryCluster, sshd: SshServer, partner_folder: Callable[..., Path]
 ) -> None:
     source = write_random(cluster.data_dir / "outbox" / "payroll.bin", 24 * MB, seed=1)
     link = SlowLink(sshd.port, rate=4 * MB)
     try:
         connection = sftp_connection(sshd, port=link.port)
-        remote = sftp_folder(sshd, f"upload-{os.getpid()}-{time.monotonic_ns()}")
+        remote = partner_folder()
         job = make_job(
             [
                 (
@@ -363,10 +377,10 @@ def test_upload_killed_mid_file_is_resumed_by_the_surviving_worker_and_the_partn
 
 
 def test_download_killed_mid_file_resumes_from_its_partial_in_the_kept_work_directory(
-    cluster: CeleryCluster, sshd: SshServer
+    cluster: CeleryCluster, sshd: SshServer, partner_folder: Callable[..., Path]
 ) -> None:
     content = random.Random(2).randbytes(24 * MB)
-    remote = sftp_folder(sshd, f"download-{os.getpid()}-{time.monotonic_ns()}", {"invoice.bin": content})
+    remote = partner_folder({"invoice.bin": content})
     inbox = cluster.data_dir / "inbox"
     link = SlowLink(sshd.port, rate=4 * MB)
     try:
