@@ -1,4 +1,4 @@
-"""Celery worker hooks: refuse to start on a schema that is behind, keep partitions ready, heartbeat."""
+"""Celery worker hooks: refuse to start on a schema that is behind, keep partitions ready, heartbeat, recovery."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from courier_site.errors import SchemaBehind
 
 logger = logging.getLogger("courier.worker")
 _heartbeat: Any = None
+_recovery: Any = None
 
 
 def ensure_schema_current() -> None:
@@ -36,10 +37,12 @@ def _check_schema_before_start(**_: Any) -> None:
 
 @signals.worker_ready.connect
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
-    global _heartbeat
+    global _heartbeat, _recovery
     from django.db import connection
 
     from courier_site import heartbeats, partitions
+    from jobs.engine.recovery import RecoveryLoop, recover_lost_executions
+    from keystore.pgp import remove_abandoned_homes
     from system.values import setting_int
 
     # Partitions at every worker start, so a long beat outage cannot exhaust them.
@@ -52,15 +55,17 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     name = heartbeats.process_name("worker", getattr(sender, "hostname", None))
     _heartbeat = heartbeats.HeartbeatThread("worker", name)
     _heartbeat.start()
-    # Executions left running by a worker that died are recovered at every worker start.
+    # Executions left running by a worker that died are recovered at every worker start,
+    # and again periodically: the dead worker's heartbeat may not have expired yet.
     try:
-        from jobs.engine.recovery import recover_lost_executions
-
         recover_lost_executions()
+        remove_abandoned_homes()  # GnuPG homes (secret keys, agents) of processes killed outright
     except Exception:
         logger.exception("could not recover lost executions at worker start")
     finally:
         connection.close()
+    _recovery = RecoveryLoop(extra=remove_abandoned_homes)
+    _recovery.start()
 
 
 @signals.worker_shutting_down.connect
@@ -73,6 +78,8 @@ def _on_worker_shutting_down(**_: Any) -> None:
 
 @signals.worker_shutdown.connect
 def _on_worker_shutdown(**_: Any) -> None:
+    if _recovery is not None:
+        _recovery.stop()
     if _heartbeat is not None:
         _heartbeat.stop()
 

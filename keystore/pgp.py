@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -49,10 +51,15 @@ class PgpKeyMaterial:
     user_id: str
 
 
+HOME_PREFIX = "courier-gnupg-"
+
+
 @contextmanager
 def gnupg_home() -> Iterator[gnupg.GPG]:
     """A private, empty GnuPG home for one operation, removed afterwards with every key in it."""
-    home = tempfile.mkdtemp(prefix="courier-gnupg-")
+    # Named for the process that owns it: a home left by a process killed outright (SIGKILL,
+    # OOM) is found and removed by remove_abandoned_homes().
+    home = tempfile.mkdtemp(prefix=f"{HOME_PREFIX}{os.getpid()}-")
     try:
         Path(home).chmod(0o700)
         # allow-preset-passphrase lets unlock() hand the agent each key's passphrase (one --passphrase
@@ -67,6 +74,45 @@ def gnupg_home() -> Iterator[gnupg.GPG]:
         yield gpg
     finally:
         shutil.rmtree(home, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another account's process: alive
+        return True
+    # A killed process nobody has reaped yet (a zombie) is dead all the same.
+    with contextlib.suppress(OSError, IndexError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    return True
+
+
+def remove_abandoned_homes() -> list[Path]:
+    """Remove the GnuPG homes of processes on this host that died without removing them.
+
+    Such a home holds the secret keys the dead process imported, and its gpg-agent (a daemon in a
+    session of its own, so it outlives a killed process group) holds their passphrases: the agent
+    is told to exit before the home goes.
+    """
+    removed = []
+    for home in Path(tempfile.gettempdir()).glob(f"{HOME_PREFIX}*-*"):
+        owner = home.name[len(HOME_PREFIX) :].split("-", 1)[0]
+        if not owner.isdigit() or _alive(int(owner)) or not home.is_dir():
+            continue
+        gpgconf = shutil.which("gpgconf")
+        if gpgconf:
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                subprocess.run(  # noqa: S603
+                    [gpgconf, "--homedir", str(home), "--kill", "gpg-agent"],
+                    capture_output=True,
+                    timeout=10,
+                    check=False,
+                )
+        shutil.rmtree(home, ignore_errors=True)
+        removed.append(home)
+    return removed
 
 
 def _algorithm(info: dict[str, Any]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import secrets
@@ -94,6 +95,10 @@ def _output_for(source: Path, output: str | None, suffix: str, single: bool, con
     return target
 
 
+# The suffix every Courier step gives a file it has not finished writing.
+TEMP_SUFFIX = ".courier-tmp"
+
+
 @contextmanager
 def _published(target: Path) -> Iterator[Path]:
     """An unused name beside target for gpg to write, renamed to target when the block succeeds and
@@ -101,13 +106,27 @@ def _published(target: Path) -> Iterator[Path]:
     # gpg creates the file itself (mode 0o666 less the umask) and refuses a name that exists. Not
     # created here: ext4 flushes a file truncated to empty when it is closed (auto_da_alloc), so gpg
     # reopening an empty file would wait at the end for the disk to take the whole output.
-    temporary = target.with_name(f".{target.name}.{secrets.token_hex(8)}.courier-tmp")
+    temporary = target.with_name(f".{target.name}.{secrets.token_hex(8)}{TEMP_SUFFIX}")
     try:
         yield temporary
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
     os.replace(temporary, target)
+
+
+def _remove_partials(targets: list[Path]) -> None:
+    """Remove what gpg half wrote beside each target in a try that never finished (a killed worker)."""
+    for target in targets:
+        for leftover in target.parent.glob(f".{glob.escape(target.name)}.{'?' * 16}{TEMP_SUFFIX}"):
+            leftover.unlink(missing_ok=True)
+
+
+def _sources_if_any(raw: Any, context: StepContext) -> list[Path]:
+    try:
+        return select_sources(raw, context)
+    except StepFailed:  # nothing to clean up after: the inputs are gone
+        return []
 
 
 def _check_run(result: Any, what: str) -> None:
@@ -191,6 +210,13 @@ class EncryptStep(StepType):
             outputs={"encrypted_files": outputs, "notes": prepared["notes"]}, bytes_processed=total, files=outputs
         )
 
+    def cleanup_before_retry(self, config: dict[str, Any], context: StepContext) -> None:
+        sources = _sources_if_any(config["input_path"], context)
+        suffix = ".asc" if config.get("armor") else ".pgp"
+        _remove_partials(
+            [_output_for(source, config.get("output_path"), suffix, len(sources) == 1, context) for source in sources]
+        )
+
 
 @register
 class DecryptStep(StepType):
@@ -241,10 +267,7 @@ class DecryptStep(StepType):
                 if pair["passphrase"]:
                     unlock(gpg, pair["fingerprint"], pair["passphrase"])
             for source in sources:
-                stem = source.name[:-4] if source.suffix.lower() in (".pgp", ".gpg", ".asc") else source.name + ".out"
-                target = _output_for(source.with_name(stem), config.get("output_path"), "", len(sources) == 1, context)
-                if not config.get("output_path"):
-                    target = source.with_name(stem)
+                target = _decrypted_name(source, config, len(sources) == 1, context)
                 with _published(target) as partial:
                     result = decrypt_file(gpg, source, partial, check=cancel.check, on_progress=context.progress.add)
                     _check_run(result, f"decryption of {source.name}")
@@ -272,6 +295,17 @@ class DecryptStep(StepType):
             files=outputs,
             audit=audit,
         )
+
+    def cleanup_before_retry(self, config: dict[str, Any], context: StepContext) -> None:
+        sources = _sources_if_any(config["input_path"], context)
+        _remove_partials([_decrypted_name(source, config, len(sources) == 1, context) for source in sources])
+
+
+def _decrypted_name(source: Path, config: dict[str, Any], single: bool, context: StepContext) -> Path:
+    stem = source.name[:-4] if source.suffix.lower() in (".pgp", ".gpg", ".asc") else source.name + ".out"
+    if not config.get("output_path"):
+        return source.with_name(stem)
+    return _output_for(source.with_name(stem), config.get("output_path"), "", single, context)
 
 
 @register
@@ -305,9 +339,8 @@ class SignStep(StepType):
 
     def execute(self, config: dict[str, Any], context: StepContext, cancel: CancelToken) -> StepResult:
         source = select_sources(config["input_path"], context)[0]
+        target = _signed_name(source, config, context)
         mode = config.get("mode") or "detached"
-        suffix = {"detached": ".sig" if not config.get("armor", True) else ".asc", "inline": ".gpg", "clear": ".asc"}
-        target = _output_for(source, config.get("output_path"), suffix[mode], True, context)
         signer = context.prepared["signer"]
         context.progress.bytes_total = source.stat().st_size
         with gnupg_home() as gpg:
@@ -329,6 +362,17 @@ class SignStep(StepType):
         return StepResult(
             outputs={"signature_file": str(target)}, bytes_processed=source.stat().st_size, files=[str(target)]
         )
+
+    def cleanup_before_retry(self, config: dict[str, Any], context: StepContext) -> None:
+        _remove_partials(
+            [_signed_name(source, config, context) for source in _sources_if_any(config["input_path"], context)[:1]]
+        )
+
+
+def _signed_name(source: Path, config: dict[str, Any], context: StepContext) -> Path:
+    mode = config.get("mode") or "detached"
+    suffix = {"detached": ".sig" if not config.get("armor", True) else ".asc", "inline": ".gpg", "clear": ".asc"}
+    return _output_for(source, config.get("output_path"), suffix[mode], True, context)
 
 
 @register

@@ -118,6 +118,16 @@ def test_cleanup_before_retry_removes_a_partial_build(context) -> None:
     assert not partial.exists()
 
 
+def test_cleanup_before_retry_removes_a_half_copied_archive_and_parts_beside_the_target(context) -> None:
+    outbox = context.work_dir.parent.parent / "outbox"
+    outbox.mkdir()
+    leftovers = [outbox / ".daily.zip.courier-tmp", outbox / ".daily.zip.002.courier-tmp"]
+    for path in [*leftovers, outbox / "daily.zip.001", outbox / ".other.zip.courier-tmp"]:
+        path.write_bytes(b"data")
+    ZipStep().cleanup_before_retry({"output_path": str(outbox / "daily.zip")}, context)
+    assert sorted(path.name for path in outbox.iterdir()) == [".other.zip.courier-tmp", "daily.zip.001"]
+
+
 @pytest.mark.parametrize("name", ["../evil.txt", "/abs/evil.txt", "a/../../evil.txt", "C:\\evil.txt", "..\\evil.txt"])
 def test_zip_slip_names_are_refused_and_nothing_is_written(context, tmp_path: Path, name: str) -> None:
     archive = archive_factory.zip_with_names(context.work_dir / "slip.zip", ["fine.txt", name])

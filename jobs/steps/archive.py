@@ -10,6 +10,7 @@ checking where each one points.
 from __future__ import annotations
 
 import contextlib
+import glob
 import gzip
 import os
 import shutil
@@ -215,6 +216,15 @@ class ZipStep(StepType):
     def cleanup_before_retry(self, config: dict[str, Any], context: StepContext) -> None:
         for leftover in context.work_dir.glob(f"{BUILD_PREFIX}*"):
             leftover.unlink(missing_ok=True)
+        # The copy onto another file system, or a split part, half written beside the target.
+        if not config.get("output_path"):
+            return
+        target = resolve_path(config["output_path"], context.work_dir, context.allowed_roots)
+        if target.parent.is_dir():
+            name = glob.escape(target.name)
+            for pattern in (f".{name}.courier-tmp", f".{name}.[0-9][0-9][0-9].courier-tmp"):
+                for leftover in target.parent.glob(pattern):
+                    leftover.unlink(missing_ok=True)
 
 
 def detect_format(path: Path) -> str:
