@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
+from django.db import connection
 from psycopg import sql
 
 from courier_site.db import conninfo_for
@@ -59,3 +61,48 @@ def scratch_database(django_db_blocker) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     return os.environ["CELERY_BROKER_URL"]
+
+
+# Rows these tables hold are written by migrate (settings defaults, applied scripts) or may
+# never be deleted (the append-only audit log refuses TRUNCATE; tests filter it by entity).
+KEPT_TABLES = frozenset({"schema_versions", "system_settings", "audit_log_entries"})
+
+_COURIER_TABLES = """
+SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+  AND c.relname NOT LIKE 'django\\_%%' AND c.relname NOT LIKE 'auth\\_%%'
+ORDER BY c.relname
+"""
+
+
+def truncate_courier_tables(cursor: Any) -> list[str]:
+    """Empty every hand-written Courier table but KEPT_TABLES (partitions go with their parent)."""
+    cursor.execute(_COURIER_TABLES)
+    tables = [row[0] for row in cursor.fetchall() if row[0] not in KEPT_TABLES]
+    if tables:
+        cursor.execute(
+            sql.SQL("TRUNCATE {} RESTART IDENTITY CASCADE").format(sql.SQL(", ").join(map(sql.Identifier, tables)))
+        )
+    return tables
+
+
+def _is_transactional(request: pytest.FixtureRequest) -> bool:
+    marker = request.node.get_closest_marker("django_db")
+    if marker is not None and (marker.kwargs.get("transaction") or (marker.args and marker.args[0])):
+        return True
+    return bool({"transactional_db", "live_server"} & set(request.fixturenames))
+
+
+@pytest.fixture(autouse=True)
+def _empty_courier_tables_after_transactional_tests(
+    request: pytest.FixtureRequest, django_db_blocker: Any
+) -> Iterator[None]:
+    """Tests that commit leave rows behind: Django's flush between them skips unmanaged tables.
+
+    After each such test, every Courier table is emptied, so no later test meets its rows.
+    """
+    yield
+    if not _is_transactional(request):
+        return
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        truncate_courier_tables(cursor)

@@ -22,7 +22,7 @@ from audit.models import AuditLogEntry
 from courier_site import heartbeats
 from jobs.models import JobExecution
 from monitors import services
-from monitors.models import FileMonitor, MonitorFileLog
+from monitors.models import FileMonitor
 from monitors.watcher import MonitorWatcher
 from tests.celery_support import ROOT, wait_for
 from tests.engine_support import make_job
@@ -37,18 +37,6 @@ def data_dir(settings, tmp_path: Path) -> Path:
     settings.COURIER_ALLOWED_ROOTS = [settings.COURIER_DATA_DIR]
     settings.COURIER_DATA_DIR.mkdir()
     return settings.COURIER_DATA_DIR
-
-
-@pytest.fixture(autouse=True)
-def _clean_up_committed_rows() -> Iterator[None]:
-    """These tests commit, and the flush between them skips the hand-written (unmanaged) tables:
-    remove the monitors, their file log, the executions they queued and watcher heartbeats."""
-    yield
-    JobExecution.objects.filter(triggered_by__startswith="monitor:").delete()
-    MonitorFileLog.objects.all().delete()
-    FileMonitor.all_objects.all().hard_delete()
-    with connection.cursor() as cursor:
-        cursor.execute("DELETE FROM process_heartbeats WHERE kind = 'watcher'")
 
 
 @pytest.fixture
