@@ -7,7 +7,7 @@ import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
@@ -15,11 +15,11 @@ from django.utils import timezone
 from audit.models import AuditLogEntry
 from audit.querysets import actor_name
 from courier_site.errors import CourierError
+from jobs.definitions import version_for_run
 from jobs.dependencies import find_cycle
+from jobs.engine import control
 from jobs.errors import IllegalTransition
-
-if TYPE_CHECKING:
-    from jobs.models import ChainExecution, ChainExecutionMember, JobChain, JobExecution
+from jobs.models import ChainExecution, ChainExecutionMember, JobChain, JobExecution
 
 logger = logging.getLogger(__name__)
 
@@ -104,8 +104,6 @@ def member_specs(chain: JobChain) -> list[MemberSpec]:
 
 def check_runnable(chain: JobChain) -> None:
     """Why chain cannot start now: disabled [E2020], a member's job unusable [E2021], a bad definition [E2024]."""
-    from jobs.definitions import version_for_run
-
     if chain.is_deleted:
         raise ChainDisabled(f"chain '{chain.name}' is deleted")
     if not chain.is_enabled:
@@ -129,8 +127,6 @@ def trigger(
     chain: JobChain, *, triggered_by: str, by: Any = "system", context: dict[str, Any] | None = None
 ) -> ChainExecution:
     """Start a chain execution: one row per member, entry points queued together."""
-    from jobs.models import ChainExecution, ChainExecutionMember, JobChain
-
     with transaction.atomic():
         chain = JobChain.all_objects.select_for_update().get(pk=chain.pk)
         check_runnable(chain)
@@ -192,8 +188,6 @@ def _member_context(execution: ChainExecution, runs: list[ChainExecutionMember])
 
 
 def _queue_member(execution: ChainExecution, run: ChainExecutionMember, runs: list[ChainExecutionMember]) -> None:
-    from jobs.engine import control
-
     try:
         job_execution = control.enqueue(
             run.job,
@@ -268,8 +262,6 @@ def member_finished(job_execution: JobExecution, *, retried_by: JobExecution | N
 
     When the job's own policy queued a retry, the member follows the retry instead.
     """
-    from jobs.models import ChainExecution, ChainExecutionMember
-
     if job_execution.chain_execution_id is None:
         return
     execution = ChainExecution.objects.select_for_update().filter(pk=job_execution.chain_execution_id).first()
@@ -289,11 +281,13 @@ def member_finished(job_execution: JobExecution, *, retried_by: JobExecution | N
         _advance(execution)
 
 
+def member_finished_hook(job_execution: JobExecution, retried_by: JobExecution | None) -> None:
+    """The engine's finish hook (jobs.engine.hooks): move the execution's chain on."""
+    member_finished(job_execution, retried_by=retried_by)
+
+
 def cancel(chain_execution_id: Any, *, by: Any) -> ChainExecution:
     """Cancel a running chain: pending members are skipped, running ones cancelled."""
-    from jobs.engine import control
-    from jobs.models import ChainExecution
-
     with transaction.atomic():
         execution = ChainExecution.objects.select_for_update().get(pk=chain_execution_id)
         if execution.is_finished:
@@ -314,8 +308,6 @@ def cancel(chain_execution_id: Any, *, by: Any) -> ChainExecution:
 
 def reconcile(now: Any = None) -> int:
     """Safety net behind member_finished: move on running chains whose member runs ended unnoticed."""
-    from jobs.models import ChainExecution, ChainExecutionMember, JobExecution
-
     moved = 0
     stale = ChainExecutionMember.objects.filter(
         state="queued", chain_execution__state="running", job_execution__state__in=FINISHED

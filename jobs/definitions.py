@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.db import transaction
 
@@ -12,11 +12,9 @@ from audit.querysets import actor_name
 from jobs.engine import context as context_refs
 from jobs.engine.flow import parse, walk
 from jobs.errors import ContextReferenceError, CourierError, StepConfigurationError
+from jobs.models import Job, JobVersion
 from jobs.policy import FailurePolicy
 from jobs.steps.base import get_step_type
-
-if TYPE_CHECKING:
-    from jobs.models import Job, JobVersion
 
 # Keys the engine itself puts in every context, and prefixes filled by triggers and loops.
 BUILTIN_KEYS = ("job.execution_id", "job.name", "job.work_dir", "job.started_at", "job.attempt")
@@ -112,8 +110,6 @@ def control_flow_nodes(definition: dict[str, Any]) -> list[Any]:
 @transaction.atomic
 def record_version(job: Job, *, created_by: Any, operation: str = "definition_changed") -> JobVersion:
     """Write a job_versions row for the job's definition as saved now and make it current."""
-    from jobs.models import Job, JobVersion
-
     locked = Job.all_objects.select_for_update().get(pk=job.pk)
     latest = locked.versions.order_by("-version_number").values_list("version_number", flat=True).first()
     # The first version of a job takes its current_version (1 for a new job).
@@ -142,8 +138,6 @@ def version_for_run(job: Job) -> JobVersion:
 
     A job created by SQL or import may not have a version row for its current_version.
     """
-    from jobs.models import Job, JobVersion
-
     with transaction.atomic():
         locked = Job.all_objects.select_for_update().get(pk=job.pk)
         version = JobVersion.objects.filter(job=locked, version_number=locked.current_version).first()

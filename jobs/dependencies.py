@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 from collections import defaultdict, deque
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from audit.models import AuditLogEntry
 from courier_site.errors import CourierError
-
-if TYPE_CHECKING:
-    from jobs.models import Job, JobExecution
+from jobs.engine import control
+from jobs.models import Job, JobDependency, JobExecution
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +77,6 @@ def find_cycle(edges: Iterable[tuple[Any, Any]]) -> list[Any] | None:
 
 def check_edge(upstream_id: Any, downstream_id: Any, *, exclude_edge_id: Any = None) -> None:
     """Refuse an edge that points at itself [E2006], exists already [E2007] or closes a cycle [E2005]."""
-    from jobs.models import Job, JobDependency
-
     if str(upstream_id) == str(downstream_id):
         raise SelfDependency("a job cannot depend on itself")
     others = JobDependency.objects.exclude(pk=exclude_edge_id) if exclude_edge_id else JobDependency.objects.all()
@@ -97,8 +95,6 @@ def check_edge(upstream_id: Any, downstream_id: Any, *, exclude_edge_id: Any = N
 
 def latest_finished(job_id: Any) -> JobExecution | None:
     """The upstream's latest finished run (ix_job_executions_job_finished)."""
-    from jobs.models import JobExecution
-
     return (
         JobExecution.objects.filter(job_id=job_id, state__in=("completed", "failed", "cancelled"))
         .order_by("-completed_at")
@@ -136,16 +132,19 @@ def check_can_start(job: Job, triggered_by: str) -> None:
         )
 
 
+def downstream_hook(execution: JobExecution, retried_by: JobExecution | None) -> None:
+    """The engine's finish hook (jobs.engine.hooks): queue the downstream jobs, unless a retry
+    takes the ended execution's place (dependants then wait for the retry's outcome)."""
+    if retried_by is None:
+        queue_downstream(execution)
+
+
 def queue_downstream(execution: JobExecution) -> list[JobExecution]:
     """After an upstream run finished: queue each downstream job whose upstreams are now all satisfied.
 
     Runs in the transaction that ends the upstream execution, so the downstream run is
     queued exactly when the upstream's final state is committed.
     """
-    from audit.models import AuditLogEntry
-    from jobs.engine import control
-    from jobs.models import JobDependency, JobExecution
-
     if execution.state not in ("completed", "failed"):
         return []
     queued = []

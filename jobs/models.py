@@ -156,27 +156,6 @@ class JobExecution(models.Model):
             return (self.completed_at - self.started_at).total_seconds()
         return None
 
-    # Domain operations; the engine does the work (jobs.engine.control).
-    def pause(self, *, by: Any) -> JobExecution:
-        from jobs.engine import control
-
-        return control.request_pause(self.pk, by=by)
-
-    def resume(self, *, by: Any) -> JobExecution:
-        from jobs.engine import control
-
-        return control.resume(self.pk, by=by)
-
-    def cancel(self, *, by: Any) -> JobExecution:
-        from jobs.engine import control
-
-        return control.request_cancel(self.pk, by=by)
-
-    def retry_from_failed_step(self, *, by: Any) -> JobExecution:
-        from jobs.engine import control
-
-        return control.retry_from_failed_step(self.pk, by=by)
-
 
 class StepExecution(models.Model):
     class State(models.TextChoices):
@@ -301,11 +280,6 @@ class ChainExecution(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.state in ("completed", "failed", "cancelled")
-
-    def cancel(self, *, by: Any) -> ChainExecution:
-        from jobs import chains
-
-        return chains.cancel(self.pk, by=by)
 
 
 class ChainExecutionMember(models.Model):

@@ -6,7 +6,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.db import transaction
 from django.db.models import Min
@@ -14,10 +14,9 @@ from django.utils import timezone
 
 from audit.models import AuditLogEntry
 from courier_site.errors import CourierError
-from jobs import cron
-
-if TYPE_CHECKING:
-    from jobs.models import Schedule
+from jobs import chains, cron
+from jobs.engine import control
+from jobs.models import ChainSchedule, JobSchedule, Schedule
 
 logger = logging.getLogger(__name__)
 
@@ -153,9 +152,6 @@ def _missed_instants(schedule: Schedule, scheduled_for: datetime, now: datetime)
 
 def _trigger(schedule: Schedule, scheduled_for: datetime) -> str:
     """Queue the schedule's job execution or start its chain; returns the new execution id."""
-    from jobs import chains
-    from jobs.engine import control
-
     context = {"trigger.schedule_id": str(schedule.pk), "trigger.scheduled_for": scheduled_for.isoformat()}
     if hasattr(schedule, "job_id"):
         return str(control.enqueue(schedule.job, triggered_by="schedule", context=context).pk)
@@ -220,8 +216,6 @@ def fire_due(now: datetime | None = None) -> list[FireResult]:
     the execution they queue, so two beat processes (or two overlapping ticks) never fire
     one instant twice: the second either skips the locked row or finds it advanced.
     """
-    from jobs.models import ChainSchedule, JobSchedule
-
     results: list[FireResult] = []
     for model, parent in ((JobSchedule, "job"), (ChainSchedule, "chain")):
         while True:
@@ -242,8 +236,6 @@ def fire_due(now: datetime | None = None) -> list[FireResult]:
 
 def next_due_instant() -> datetime | None:
     """The earliest next_fire_at of any enabled schedule (ix_*_schedules_due)."""
-    from jobs.models import ChainSchedule, JobSchedule
-
     instants = [
         model.objects.filter(is_enabled=True).aggregate(first=Min("next_fire_at"))["first"]
         for model in (JobSchedule, ChainSchedule)

@@ -279,7 +279,7 @@ class ChainExecutionAdmin(AuditHistoryMixin, ReadOnlyAdmin):
             raise PermissionDenied
         if request.method == "POST":
             try:
-                execution.cancel(by=request.user)
+                chains.cancel(execution.pk, by=request.user)
             except CourierError as error:
                 messages.error(request, str(error))
             else:

@@ -194,13 +194,13 @@ class JobExecutionAdmin(AuditHistoryMixin, ReadOnlyAdmin):
         change_url = reverse("admin:jobs_jobexecution_change", args=[execution.pk])
         if request.method == "POST":
             operations = {
-                "pause": execution.pause,
-                "resume": execution.resume,
-                "cancel": execution.cancel,
-                "retry": execution.retry_from_failed_step,
+                "pause": control.request_pause,
+                "resume": control.resume,
+                "cancel": control.request_cancel,
+                "retry": control.retry_from_failed_step,
             }
             try:
-                result = operations[verb](by=request.user)
+                result = operations[verb](execution.pk, by=request.user)
             except CourierError as error:
                 messages.error(request, str(error))
                 return HttpResponseRedirect(change_url)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
@@ -11,12 +11,12 @@ from django.utils import timezone
 from audit.models import AuditLogEntry
 from audit.querysets import actor_name
 from courier_site.errors import CourierError
-from jobs.engine import workdirs
+from jobs.definitions import version_for_run
+from jobs.engine import hooks, workdirs
+from jobs.engine.dispatch import dispatch
 from jobs.engine.states import FINISHED, JOB_EVENTS, check_job_transition
 from jobs.errors import IllegalTransition
-
-if TYPE_CHECKING:
-    from jobs.models import Job, JobExecution
+from jobs.models import Job, JobExecution
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +59,6 @@ def transition(
     transaction; callers that may queue a retry first pass followups=False and call
     after_finish themselves.
     """
-    from jobs.models import JobExecution
-
     with transaction.atomic():
         execution = JobExecution.objects.select_for_update().get(pk=execution_id)
         check_job_transition(execution.state, new_state)
@@ -82,26 +80,20 @@ def transition(
 
 
 def after_finish(execution: JobExecution, *, retried_by: JobExecution | None = None) -> None:
-    """What an ended execution sets off: its chain moves on, its downstream jobs are queued.
+    """What an ended execution sets off, in the caller's transaction: every registered finish handler
+    (jobs.engine.hooks; chains move on, downstream jobs are queued).
 
-    When its failure policy queued a retry, the chain follows the retry and the
-    dependants wait for the retry's outcome.
+    When its failure policy queued a retry, retried_by names it: a chain follows the retry
+    and dependants wait for the retry's outcome.
     """
-    from jobs import chains, dependencies
-
-    # Each in a savepoint of its own: a fault here must never undo the execution's final
-    # state. A chain left behind is moved on by the reconcile sweep.
-    try:
-        with transaction.atomic():
-            chains.member_finished(execution, retried_by=retried_by)
-    except Exception:
-        logger.exception("execution %s: its chain could not be moved on; the sweep will retry", execution.pk)
-    if retried_by is None:
+    for name, handler in hooks.finish_handlers():
+        # Each in a savepoint of its own: a fault here must never undo the execution's final
+        # state. A chain left behind is moved on by the reconcile sweep.
         try:
             with transaction.atomic():
-                dependencies.queue_downstream(execution)
+                handler(execution, retried_by)
         except Exception:
-            logger.exception("execution %s: its downstream jobs could not be queued", execution.pk)
+            logger.exception("execution %s: the %s reaction to its end failed", execution.pk, name)
 
 
 def enqueue(
@@ -116,17 +108,17 @@ def enqueue(
     snapshot: dict[str, Any] | None = None,
     version_number: int | None = None,
 ) -> JobExecution:
-    """Insert a queued execution of job pinned to its current version; dispatch once committed."""
-    from jobs.definitions import version_for_run
-    from jobs.dependencies import check_can_start
-    from jobs.models import Job, JobExecution
+    """Insert a queued execution of job pinned to its current version; dispatch once committed.
 
+    Every registered start check (jobs.engine.hooks) may refuse the run first.
+    """
     job = Job.all_objects.get(pk=job.pk)
     if job.is_deleted:
         raise JobNotRunnable(f"job '{job.name}' is deleted")
     if not job.is_enabled and not triggered_by.startswith("retry:"):
         raise JobNotRunnable(f"job '{job.name}' is disabled; enable it to run it")
-    check_can_start(job, triggered_by)
+    for _, check in hooks.start_checks():
+        check(job, triggered_by)
     if version_number is None:
         version = version_for_run(job)
         if not version.config_snapshot.get("steps"):
@@ -156,8 +148,6 @@ def enqueue(
 
 def dispatch_soon() -> None:
     """Hand queued executions to workers now; a failure here is healed by the periodic sweep."""
-    from jobs.engine.dispatch import dispatch
-
     try:
         dispatch()
     except Exception:
@@ -166,8 +156,6 @@ def dispatch_soon() -> None:
 
 def claim(execution_id: Any, worker_name: str) -> bool:
     """queued -> running for the worker that received the task; False when another got it first."""
-    from jobs.models import JobExecution
-
     with transaction.atomic():
         execution = JobExecution.objects.select_for_update(skip_locked=True).filter(pk=execution_id).first()
         if execution is None or execution.state != "queued":
@@ -185,8 +173,6 @@ def claim(execution_id: Any, worker_name: str) -> bool:
 
 def request_pause(execution_id: Any, *, by: Any) -> JobExecution:
     """Ask the worker running the execution to pause it at the next chunk boundary."""
-    from jobs.models import JobExecution
-
     with transaction.atomic():
         execution = JobExecution.objects.select_for_update().get(pk=execution_id)
         if execution.state != "running":
@@ -206,8 +192,6 @@ def request_pause(execution_id: Any, *, by: Any) -> JobExecution:
 
 def request_cancel(execution_id: Any, *, by: Any) -> JobExecution:
     """Cancel at once when queued or paused; ask the worker to stop when running."""
-    from jobs.models import JobExecution
-
     with transaction.atomic():
         execution = JobExecution.objects.select_for_update().get(pk=execution_id)
         if execution.state in ("queued", "paused", "created"):
@@ -245,8 +229,6 @@ def resume(execution_id: Any, *, by: Any) -> JobExecution:
 
 def retry_from_failed_step(execution_id: Any, *, by: Any) -> JobExecution:
     """A new execution that resumes a failed one: completed steps are kept, the failed step runs again."""
-    from jobs.models import JobExecution
-
     failed = JobExecution.objects.get(pk=execution_id)
     if failed.state != "failed":
         raise IllegalTransition(

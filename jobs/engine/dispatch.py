@@ -6,6 +6,7 @@ import logging
 from datetime import timedelta
 from typing import Any
 
+from celery import current_app
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
@@ -17,6 +18,9 @@ logger = logging.getLogger(__name__)
 # Serialises "count running, then claim" across every worker and web process, so two
 # dispatchers cannot both see the last free slot.
 DISPATCH_LOCK_KEY = 12346_001
+# The Celery task that runs one execution (jobs.tasks.run_execution), sent by name: the
+# engine sits below the task layer and never imports it.
+RUN_EXECUTION_TASK = "jobs.run_execution"
 
 
 def redispatch_after() -> timedelta:
@@ -49,8 +53,6 @@ def _busy_slots(stale_before: Any) -> int:
 
 def dispatch() -> list[str]:
     """Claim queued executions FIFO while fewer than job.concurrency_limit run, and send their tasks."""
-    from jobs.tasks import run_execution
-
     limit = setting_int("job.concurrency_limit", 5)
     stale_before = timezone.now() - redispatch_after()
     with transaction.atomic(), connection.cursor() as cursor:
@@ -66,5 +68,5 @@ def dispatch() -> list[str]:
                 [claimed],
             )
     for execution_id in claimed:
-        run_execution.apply_async(args=[execution_id], queue=settings.COURIER_QUEUE)
+        current_app.send_task(RUN_EXECUTION_TASK, args=[execution_id], queue=settings.COURIER_QUEUE)
     return claimed
