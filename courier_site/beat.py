@@ -7,6 +7,7 @@ from typing import Any
 from celery.beat import PersistentScheduler
 
 from courier_site import heartbeats
+from courier_site.worker import ensure_schema_current
 
 
 class HeartbeatScheduler(PersistentScheduler):
@@ -15,8 +16,6 @@ class HeartbeatScheduler(PersistentScheduler):
     _heartbeat: heartbeats.HeartbeatThread | None = None
 
     def setup_schedule(self) -> None:
-        from courier_site.worker import ensure_schema_current
-
         ensure_schema_current()
         super().setup_schedule()
         self._heartbeat = heartbeats.HeartbeatThread("beat", heartbeats.process_name("beat"))

@@ -1,4 +1,7 @@
-"""Celery worker hooks: refuse to start on a schema that is behind, keep partitions ready, heartbeat, recovery."""
+"""Celery worker hooks of the platform: refuse to start on a schema that is behind, keep partitions ready, heartbeat.
+
+The job engine's own worker hooks (crash recovery, warm pool processes) live in jobs.worker.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +11,20 @@ from typing import Any
 
 from celery import signals
 from django.conf import settings
+from django.db import connection
 
+from courier_site import heartbeats, partitions
+from courier_site.db import conninfo_for
 from courier_site.errors import SchemaBehind
+from courier_site.sqlmigrations import check_schema_current
+from system.values import setting_int
 
 logger = logging.getLogger("courier.worker")
-_heartbeat: Any = None
-_recovery: Any = None
+_heartbeat: heartbeats.HeartbeatThread | None = None
 
 
 def ensure_schema_current() -> None:
     """Exit the process when the database lacks scripts this build ships."""
-    from courier_site.db import conninfo_for
-    from courier_site.sqlmigrations import check_schema_current
-
     try:
         check_schema_current(conninfo_for(), settings.COURIER_SQL_DIR)
     except SchemaBehind as error:
@@ -37,14 +41,7 @@ def _check_schema_before_start(**_: Any) -> None:
 
 @signals.worker_ready.connect
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
-    global _heartbeat, _recovery
-    from django.db import connection
-
-    from courier_site import heartbeats, partitions
-    from jobs.engine.recovery import RecoveryLoop, recover_lost_executions
-    from keystore.pgp import remove_abandoned_homes
-    from system.values import setting_int
-
+    global _heartbeat
     # Partitions at every worker start, so a long beat outage cannot exhaust them.
     try:
         partitions.ensure_partitions(setting_int("partition.months_ahead", partitions.MINIMUM_MONTHS_AHEAD))
@@ -55,17 +52,6 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     name = heartbeats.process_name("worker", getattr(sender, "hostname", None))
     _heartbeat = heartbeats.HeartbeatThread("worker", name)
     _heartbeat.start()
-    # Executions left running by a worker that died are recovered at every worker start,
-    # and again periodically: the dead worker's heartbeat may not have expired yet.
-    try:
-        recover_lost_executions()
-        remove_abandoned_homes()  # GnuPG homes (secret keys, agents) of processes killed outright
-    except Exception:
-        logger.exception("could not recover lost executions at worker start")
-    finally:
-        connection.close()
-    _recovery = RecoveryLoop(extra=remove_abandoned_homes)
-    _recovery.start()
 
 
 @signals.worker_shutting_down.connect
@@ -78,16 +64,5 @@ def _on_worker_shutting_down(**_: Any) -> None:
 
 @signals.worker_shutdown.connect
 def _on_worker_shutdown(**_: Any) -> None:
-    if _recovery is not None:
-        _recovery.stop()
     if _heartbeat is not None:
         _heartbeat.stop()
-
-
-@signals.worker_process_init.connect
-def _warm_pool_process(**_: Any) -> None:
-    # Import every step type (archive libraries included) when a pool process starts,
-    # not when its first execution is picked up: pickup latency stays flat.
-    from jobs.steps.base import registered_types
-
-    registered_types()
