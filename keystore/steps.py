@@ -19,6 +19,7 @@ from jobs.paths import resolve_path
 from jobs.steps.base import CancelToken, ConfigField, StepContext, StepResult, StepType, as_list, register
 from jobs.steps.files import select_sources
 from keystore import lifecycle
+from keystore.models import PgpKey
 from keystore.pgp import (
     decrypt_file,
     decryption_key,
@@ -29,11 +30,10 @@ from keystore.pgp import (
     signature_problem,
     unlock,
 )
+from system.values import setting_bool
 
 
 def _key(key_id: Any, use: str, step_label: str) -> Any:
-    from keystore.models import PgpKey
-
     try:
         key = PgpKey.objects.select_related("successor_key").filter(pk=uuid.UUID(str(key_id))).first()
     except ValueError:
@@ -61,8 +61,6 @@ FIPS_GPG_ARGS = ["--cipher-algo", "AES256", "--digest-algo", "SHA256"]
 
 
 def _fips() -> bool:
-    from system.values import setting_bool
-
     return setting_bool("security.fips_mode_enabled", True)
 
 
@@ -234,8 +232,6 @@ class DecryptStep(StepType):
     outputs = ("decrypted_files", "signature")
 
     def prepare(self, config: dict[str, Any]) -> dict[str, Any]:
-        from keystore.models import PgpKey
-
         if config.get("private_key_id"):
             candidates = [_key(config["private_key_id"], "decrypt", "pgp.decrypt")]
         else:
@@ -390,8 +386,6 @@ class VerifyStep(StepType):
     outputs = ("verify_status", "signer_fingerprint")
 
     def prepare(self, config: dict[str, Any]) -> dict[str, Any]:
-        from keystore.models import PgpKey
-
         keys = list(PgpKey.all_objects.exclude(status="deleted"))
         return {
             "keys": [
