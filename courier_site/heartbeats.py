@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import close_old_connections, connection
@@ -56,6 +56,17 @@ def newest(kind: str) -> tuple[str, timedelta] | None:
 
 def is_fresh(age: timedelta) -> bool:
     return age <= timedelta(seconds=settings.COURIER_HEARTBEAT_TIMEOUT)
+
+
+def expired_before(now: datetime) -> datetime | None:
+    """Heartbeats older than this count as gone; None while the database has been up for less than
+    the timeout, since nobody could write a heartbeat while it was down (a restart is no crash)."""
+    timeout = settings.COURIER_HEARTBEAT_TIMEOUT
+    with connection.cursor() as cursor:
+        # The database's own clock on both sides: the caller's `now` may be another host's, or frozen.
+        cursor.execute("SELECT now() - pg_postmaster_start_time() < make_interval(secs => %s)", [timeout])
+        restarted_lately = cursor.fetchone()[0]
+    return None if restarted_lately else now - timedelta(seconds=timeout)
 
 
 class HeartbeatThread(threading.Thread):

@@ -190,6 +190,10 @@ COURIER_HEARTBEAT_TIMEOUT = env.int("COURIER_HEARTBEAT_TIMEOUT", default=60)
 # seconds is dispatched again by the sweep (its message was lost with a Redis restart).
 # Longer than a busy worker takes to pick up a message; shorter than operators will wait.
 COURIER_REDISPATCH_AFTER_SECONDS = env.int("COURIER_REDISPATCH_AFTER_SECONDS", default=30)
+# A worker whose database goes away (a restart, a failover) keeps its running steps going and
+# retries its checkpoint and state writes on a new connection for this many seconds before it
+# gives up on the execution (crash recovery then fails it as "worker lost").
+COURIER_DATABASE_OUTAGE_SECONDS = env.int("COURIER_DATABASE_OUTAGE_SECONDS", default=120)
 
 LOGGING = {
     "version": 1,

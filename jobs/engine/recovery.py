@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import logging
 import shutil
-from datetime import timedelta
 from typing import Any
 
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from courier_site import heartbeats
 from jobs.engine import control, workdirs
 from jobs.policy import FailurePolicy
 from system.values import setting_int
@@ -26,7 +25,9 @@ def recover_lost_executions(now: Any = None) -> list[str]:
     from jobs.models import JobExecution, JobVersion
 
     now = now or timezone.now()
-    expired_before = now - timedelta(seconds=settings.COURIER_HEARTBEAT_TIMEOUT)
+    expired_before = heartbeats.expired_before(now)
+    if expired_before is None:  # the database restarted a moment ago: running workers report again soon
+        return []
     recovered = []
     with transaction.atomic():
         lost = list(
