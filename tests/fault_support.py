@@ -1,4 +1,4 @@
-"""Fault-test helpers: a private PostgreSQL and Redis to restart at will, and a web process."""
+"""Fault-test helpers: a private PostgreSQL and Redis to restart at will, a web process, a step counting its runs."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import psycopg
 import redis
 from psycopg import sql
 
+from jobs.steps.base import ConfigField, StepResult, StepType, register
 from tests.celery_support import ROOT, CeleryCluster, LiveDatabase, WorkerProcess, wait_for
 
 
@@ -266,3 +267,33 @@ def http_status(url: str, timeout: float = 5) -> int | None:
         return None
     finally:
         client.close()
+
+
+# ---------------------------------------------------------------- a step that counts its runs
+
+
+@register
+class CountRunsStep(StepType):
+    """Appends the execution id to a file, then sleeps: the file shows how often each execution ran."""
+
+    type_key = "test.count_runs"
+    fields = (ConfigField("path", "string", required=True), ConfigField("seconds", "number", default=0))
+    outputs = ("runs",)
+
+    def execute(self, config: dict[str, Any], context: Any, cancel: Any) -> StepResult:
+        with open(config["path"], "a") as log:
+            log.write(f"{context.execution_id}\n")
+        deadline = time.monotonic() + float(config["seconds"])
+        while time.monotonic() < deadline:
+            cancel.check()
+            time.sleep(0.02)
+        return StepResult(outputs={"runs": 1})
+
+
+def runs_counted(path: Path) -> dict[str, int]:
+    """Execution id -> how many times test.count_runs ran for it."""
+    counts: dict[str, int] = {}
+    if path.exists():
+        for line in path.read_text().split():
+            counts[line] = counts.get(line, 0) + 1
+    return counts
