@@ -1,4 +1,4 @@
-"""Fault-test helpers: a private PostgreSQL and Redis to restart at will, a web process, a step counting its runs."""
+"""Fault-test helpers: a private PostgreSQL and Redis to restart at will, a web process, a counting step, two beats."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -297,3 +299,100 @@ def runs_counted(path: Path) -> dict[str, int]:
         for line in path.read_text().split():
             counts[line] = counts.get(line, 0) + 1
     return counts
+
+
+# ---------------------------------------------------------------- two beats, two clock workers
+
+
+@dataclass
+class FireCounts:
+    """What two beats and two clock workers did with `schedules` schedules over the measured window."""
+
+    schedules: int
+    due: int  # instants that fell due inside the window, summed over the schedules
+    fired: int  # executions the schedules queued (inside the window or not)
+    duplicated: int  # executions beyond the first for one (schedule, instant)
+    missed: int  # instants due inside the window that queued no execution
+    fired_audits: int  # "fired" audit records of the schedules
+    max_lateness_ms: int
+
+    @property
+    def exact(self) -> bool:
+        return self.duplicated == 0 and self.missed == 0 and self.fired_audits == self.fired
+
+
+def two_beats_fire_every_instant_once(
+    cluster: CeleryCluster,
+    duration: float,
+    *,
+    schedules: int = 50,
+    expression: str = "*/3 * * * * ?",
+    period_seconds: float = 3,
+) -> FireCounts:
+    """Two `celery beat` and two clock workers (control queue only) drive `schedules` schedules of one job
+    for `duration` seconds; count duplicated and missed instants.
+
+    Django's default connection must point at cluster.database. The job has no worker, so its
+    executions stay queued (and are cancelled at the end): only the firing is measured.
+    """
+    from jobs import cron, scheduling
+    from jobs.models import JobSchedule
+    from tests.engine_support import make_job
+
+    clocks = [cluster.start_worker(f"clock{n}", concurrency=2, queues=("-control",)) for n in (1, 2)]
+    beats = [cluster.start_beat(f"beat{n}") for n in (1, 2)]
+    job = make_job([("test.sleep", {"seconds": 0.1})], name=f"fired by two beats {time.time_ns()}")
+    created = []
+    enabled_at = datetime.now(UTC)
+    for _ in range(schedules):
+        schedule = JobSchedule(job=job, schedule_type="cron", cron_expression=expression)
+        scheduling.check(schedule)
+        scheduling.refresh(schedule, enabled_at)
+        schedule.save()
+        created.append(schedule)
+    time.sleep(duration)
+    cluster.database.execute("UPDATE job_schedules SET is_enabled = false WHERE job_id = %s", (job.pk,))
+    disabled_at = datetime.now(UTC)
+    for process in [*beats, *clocks]:
+        process.stop()
+    # An instant due at least one period before the schedules were disabled must have fired;
+    # later ones may have been in flight.
+    window_end = disabled_at - timedelta(seconds=period_seconds)
+    instants = 0
+    instant = cron.next_fire_time(expression, enabled_at)
+    while instant is not None and instant <= window_end:
+        instants += 1
+        instant = cron.next_fire_time(expression, instant)
+    due = instants * len(created)
+    with psycopg.connect(cluster.database.conninfo, autocommit=True) as conn:
+        fired, distinct, inside, lateness = conn.execute(
+            """
+            WITH fires AS (
+                SELECT context_snapshot->'values'->>'trigger.schedule_id' AS schedule_id,
+                       (context_snapshot->'values'->>'trigger.scheduled_for')::timestamptz AS scheduled_for,
+                       created_at
+                FROM job_executions WHERE job_id = %(job)s AND triggered_by = 'schedule'
+            )
+            SELECT count(*),
+                   count(DISTINCT (schedule_id, scheduled_for)),
+                   count(DISTINCT (schedule_id, scheduled_for)) FILTER (WHERE scheduled_for <= %(end)s),
+                   coalesce(max(extract(epoch FROM created_at - scheduled_for) * 1000), 0)::bigint
+            FROM fires
+            """,
+            {"job": job.pk, "end": window_end},
+        ).fetchone()
+        fired_audits = conn.execute(
+            "SELECT count(*) FROM audit_log_entries WHERE entity_type = 'job_schedule' AND operation = 'fired'"
+            " AND details->>'job_id' = %s",
+            (str(job.pk),),
+        ).fetchone()[0]
+        conn.execute("UPDATE job_executions SET state = 'cancelled' WHERE job_id = %s AND state = 'queued'", (job.pk,))
+    return FireCounts(
+        schedules=schedules,
+        due=due,
+        fired=fired,
+        duplicated=fired - distinct,
+        missed=due - inside,
+        fired_audits=fired_audits,
+        max_lateness_ms=int(lateness),
+    )
