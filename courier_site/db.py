@@ -8,6 +8,7 @@ from collections.abc import Callable
 from contextlib import suppress
 from typing import TypeVar
 
+import psycopg
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, connections
 from psycopg.conninfo import make_conninfo
@@ -20,6 +21,10 @@ T = TypeVar("T")
 # second or two), then no more than one connection attempt every two seconds.
 FIRST_RETRY_SECONDS = 0.1
 LONGEST_RETRY_SECONDS = 2.0
+# SQLSTATEs of a lost connection: class 08 (connection exception), and the server ending the
+# session because it shuts down (fast or immediate stop, a crash) or is still starting up.
+CONNECTION_EXCEPTION_CLASS = "08"
+SERVER_GOING_AWAY = frozenset({"57P01", "57P02", "57P03"})
 
 
 def conninfo_for(alias: str = "default") -> str:
@@ -41,6 +46,14 @@ def connection_lost(error: BaseException, alias: str = "default") -> bool:
     not from the statement itself (a deadlock, a constraint): only the first is worth retrying."""
     if not isinstance(error, (OperationalError, InterfaceError)):
         return False
+    # The error itself tells, not the connection's state now: leaving an atomic block may
+    # already have opened a new connection.
+    cause = error.__cause__
+    sqlstate = getattr(cause, "sqlstate", None)
+    if sqlstate is not None:
+        return sqlstate.startswith(CONNECTION_EXCEPTION_CLASS) or sqlstate in SERVER_GOING_AWAY
+    if isinstance(cause, psycopg.OperationalError):
+        return True  # no answer from the server at all: the connection failed or was lost
     wrapper = connections[alias]
     return wrapper.connection is None or not wrapper.is_usable()
 

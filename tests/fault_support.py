@@ -160,6 +160,7 @@ def migrate(database: LiveDatabase) -> None:
 @contextmanager
 def django_connected_to(database: LiveDatabase) -> Iterator[None]:
     """Point this process's default Django connection at database (another server too) for a while."""
+    # Django's settings and connections are read once it is set up, not when this module loads.
     from django.conf import settings
     from django.db import connection
 
@@ -335,6 +336,7 @@ def two_beats_fire_every_instant_once(
     Django's default connection must point at cluster.database. The job has no worker, so its
     executions stay queued (and are cancelled at the end): only the firing is measured.
     """
+    # Models load only once Django is set up; a benchmark may import this module before.
     from jobs import cron, scheduling
     from jobs.models import JobSchedule
     from tests.engine_support import make_job

@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 import pytest
 import redis
+from django.conf import settings
+from django.db import connection, transaction
 
+from audit.models import AuditLogEntry
+from courier_site.db import OutageTolerance, conninfo_for
+from jobs import scheduling
+from jobs.engine import control
+from jobs.engine.recovery import recover_lost_executions
+from jobs.models import JobSchedule
 from tests.celery_support import CeleryCluster, LiveDatabase, wait_for
+from tests.engine_support import make_job
 from tests.fault_support import PrivatePostgres, django_connected_to, http_status, migrate, seconds_until, start_web
 
 pytestmark = pytest.mark.celery
@@ -54,15 +65,6 @@ def schedules_fired_after(database: LiveDatabase, job_id: str, moment: datetime)
 @pytest.fixture(scope="module")
 def restart(django_db_setup: Any, django_db_blocker: Any, tmp_path_factory: Any, redis_url: str) -> Iterator[Restart]:
     """Executions running, schedules firing every 3 s, then `pg_ctl -m fast stop`, 5 s away, start again."""
-    from django.conf import settings
-    from django.db import connection
-
-    from jobs import scheduling
-    from jobs.engine import control
-    from jobs.engine.recovery import recover_lost_executions
-    from jobs.models import JobSchedule
-    from tests.engine_support import make_job
-
     base = tmp_path_factory.mktemp("postgres-restart")
     postgres = PrivatePostgres(base)
     cluster: CeleryCluster | None = None
@@ -219,3 +221,51 @@ def test_no_schedule_fires_twice_for_one_instant_and_every_fire_is_audited(resta
         "SELECT count(*) FROM audit_log_entries WHERE entity_type = 'job_schedule' AND operation = 'fired'"
     )
     assert audited == fires
+
+
+def cut_off() -> None:
+    """End this process's database session from another one, as a restart or failover would."""
+    with psycopg.connect(conninfo_for(), autocommit=True) as other:
+        other.execute("SELECT pg_terminate_backend(%s)", (connection.connection.info.backend_pid,))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_write_cut_off_before_its_commit_is_made_on_a_new_connection() -> None:
+    entity = uuid.uuid4()
+    attempts = 0
+
+    def write() -> None:
+        nonlocal attempts
+        attempts += 1
+        with transaction.atomic():
+            AuditLogEntry.objects.record(entity_type="job_execution", entity_id=entity, operation="running")
+            if attempts == 1:
+                cut_off()
+                AuditLogEntry.objects.record(entity_type="job_execution", entity_id=entity, operation="running")
+
+    OutageTolerance("test").retry("writing", write, lambda: AuditLogEntry.objects.filter(entity_id=entity).exists())
+
+    assert attempts == 2
+    assert AuditLogEntry.objects.filter(entity_id=entity).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_write_whose_commit_went_through_before_the_session_was_lost_is_not_made_twice() -> None:
+    entity = uuid.uuid4()
+    attempts = 0
+
+    def write() -> None:
+        nonlocal attempts
+        attempts += 1
+        with transaction.atomic():
+            AuditLogEntry.objects.record(entity_type="job_execution", entity_id=entity, operation="running")
+        if attempts == 1:
+            # Committed, but the caller never hears so: its session is gone before the reply.
+            cut_off()
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+
+    OutageTolerance("test").retry("writing", write, lambda: AuditLogEntry.objects.filter(entity_id=entity).exists())
+
+    assert attempts == 1
+    assert AuditLogEntry.objects.filter(entity_id=entity).count() == 1

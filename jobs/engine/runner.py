@@ -111,15 +111,12 @@ class ExecutionRunner:
             return self._finish(stop.outcome, stop.message, stop.reason)
         except CourierError as error:  # a bad definition fails before the first step
             return self._finish("failed", str(error))
-        except (OperationalError, InterfaceError) as error:
-            if connection_lost(error):
+        except Exception as error:
+            if isinstance(error, (OperationalError, InterfaceError)) and connection_lost(error):
                 # Away past COURIER_DATABASE_OUTAGE_SECONDS: nothing can be recorded now. Crash
                 # recovery fails the execution as "worker lost" once the database is back.
                 logger.error("execution %s abandoned: the database stayed unavailable", self.execution.pk)
                 raise
-            logger.exception("execution %s crashed", self.execution.pk)
-            return self._finish("failed", f"internal error: {type(error).__name__}: {error}")
-        except Exception as error:
             logger.exception("execution %s crashed", self.execution.pk)
             return self._finish("failed", f"internal error: {type(error).__name__}: {error}")
         if self.skipped:
