@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +75,8 @@ class PrivatePostgres:
             shutil.chown(folder, self.owner)
 
     def _reachable(self, folder: Path) -> bool:
-        return subprocess.run(["runuser", "-u", self.owner or "", "--", "test", "-w", str(folder)]).returncode == 0
+        """Whether the owner can get to folder through every parent (it is given folder itself)."""
+        return subprocess.run(["runuser", "-u", self.owner or "", "--", "test", "-x", str(folder)]).returncode == 0
 
     def _run(self, *command: str, timeout: float = 90) -> subprocess.CompletedProcess:
         prefix = ["runuser", "-u", self.owner, "--"] if self.owner else []
@@ -323,12 +324,7 @@ class FireCounts:
 
 
 def two_beats_fire_every_instant_once(
-    cluster: CeleryCluster,
-    duration: float,
-    *,
-    schedules: int = 50,
-    expression: str = "*/3 * * * * ?",
-    period_seconds: float = 3,
+    cluster: CeleryCluster, duration: float, *, schedules: int = 50, expression: str = "*/3 * * * * ?"
 ) -> FireCounts:
     """Two `celery beat` and two clock workers (control queue only) drive `schedules` schedules of one job
     for `duration` seconds; count duplicated and missed instants.
@@ -341,27 +337,32 @@ def two_beats_fire_every_instant_once(
     from jobs.models import JobSchedule
     from tests.engine_support import make_job
 
-    clocks = [cluster.start_worker(f"clock{n}", concurrency=2, queues=("-control",)) for n in (1, 2)]
-    beats = [cluster.start_beat(f"beat{n}") for n in (1, 2)]
-    job = make_job([("test.sleep", {"seconds": 0.1})], name=f"fired by two beats {time.time_ns()}")
-    created = []
-    enabled_at = datetime.now(UTC)
-    for _ in range(schedules):
-        schedule = JobSchedule(job=job, schedule_type="cron", cron_expression=expression)
-        scheduling.check(schedule)
-        scheduling.refresh(schedule, enabled_at)
-        schedule.save()
-        created.append(schedule)
-    time.sleep(duration)
-    cluster.database.execute("UPDATE job_schedules SET is_enabled = false WHERE job_id = %s", (job.pk,))
-    disabled_at = datetime.now(UTC)
-    for process in [*beats, *clocks]:
-        process.stop()
+    processes: list[WorkerProcess] = []
+    try:
+        processes += [cluster.start_worker(f"clock{n}", concurrency=2, queues=("-control",)) for n in (1, 2)]
+        processes += [cluster.start_beat(f"beat{n}") for n in (1, 2)]
+        job = make_job([("test.sleep", {"seconds": 0.1})], name=f"fired by two beats {time.time_ns()}")
+        created = []
+        enabled_at = datetime.now(UTC)
+        for _ in range(schedules):
+            schedule = JobSchedule(job=job, schedule_type="cron", cron_expression=expression)
+            scheduling.check(schedule)
+            scheduling.refresh(schedule, enabled_at)
+            schedule.save()
+            created.append(schedule)
+        time.sleep(duration)
+        cluster.database.execute("UPDATE job_schedules SET is_enabled = false WHERE job_id = %s", (job.pk,))
+        disabled_at = datetime.now(UTC)
+    finally:
+        for process in processes:
+            process.stop()
+    first = cron.next_fire_time(expression, enabled_at)
+    period = cron.next_fire_time(expression, first) - first
     # An instant due at least one period before the schedules were disabled must have fired;
     # later ones may have been in flight.
-    window_end = disabled_at - timedelta(seconds=period_seconds)
+    window_end = disabled_at - period
     instants = 0
-    instant = cron.next_fire_time(expression, enabled_at)
+    instant = first
     while instant is not None and instant <= window_end:
         instants += 1
         instant = cron.next_fire_time(expression, instant)
