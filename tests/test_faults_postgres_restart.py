@@ -29,6 +29,7 @@ pytestmark = pytest.mark.celery
 
 OUTAGE_SECONDS = 5
 RUNS = 5  # executions whose first step runs across the outage
+SHORT_STEPS = 16  # steps of a quarter second: several start and end while the database is away
 SCHEDULES = 3
 FINAL = ("completed", "failed", "cancelled")
 
@@ -39,6 +40,7 @@ class Restart:
 
     database: LiveDatabase
     runs: list[str]
+    stepping_run: str  # the execution of many short steps
     scheduled_job_id: str
     back_at: datetime
     recovered_at_restart: list[str]  # what crash recovery took for lost the moment the server was back
@@ -89,6 +91,8 @@ def restart(django_db_setup: Any, django_db_blocker: Any, tmp_path_factory: Any,
             # The first step is running when the database goes away, and ends while it is away.
             long_job = make_job([("test.sleep", {"seconds": 4}), ("test.sleep", {"seconds": 1})], name="long")
             runs = [str(control.enqueue(long_job, triggered_by="manual:tester").pk) for _ in range(RUNS)]
+            stepping_job = make_job([("test.sleep", {"seconds": 0.25})] * SHORT_STEPS, name="stepping")
+            stepping_run = str(control.enqueue(stepping_job, triggered_by="manual:tester").pk)
             scheduled_job = make_job([("test.sleep", {"seconds": 0.1})], name="scheduled")
             for _ in range(SCHEDULES):
                 schedule = JobSchedule(job=scheduled_job, schedule_type="cron", cron_expression="*/3 * * * * ?")
@@ -126,7 +130,7 @@ def restart(django_db_setup: Any, django_db_blocker: Any, tmp_path_factory: Any,
             after = str(control.enqueue(scheduled_job, triggered_by="manual:tester").pk)
             new_run_completed_after = seconds_until(lambda: states(database, [after]).get(after) == "completed", 30)
             runs_ended_after = seconds_until(
-                lambda: all(state in FINAL for state in states(database, runs).values()), 60
+                lambda: all(state in FINAL for state in states(database, [*runs, stepping_run]).values()), 60
             )
             seconds_until(lambda: schedules_fired_after(database, scheduled_job.pk, back_at) == SCHEDULES, 15)
             database.execute("UPDATE job_schedules SET is_enabled = false")
@@ -134,6 +138,7 @@ def restart(django_db_setup: Any, django_db_blocker: Any, tmp_path_factory: Any,
         yield Restart(
             database=database,
             runs=runs,
+            stepping_run=stepping_run,
             scheduled_job_id=str(scheduled_job.pk),
             back_at=back_at,
             recovered_at_restart=recovered_at_restart,
@@ -179,6 +184,17 @@ def test_executions_running_across_the_restart_complete_each_step_once(restart: 
         (restart.runs,),
     )
     assert rows == [[0, "completed"], [1, "completed"]] * RUNS
+
+
+def test_an_execution_stepping_through_the_restart_runs_every_step_once(restart: Restart) -> None:
+    database = restart.database
+    assert states(database, [restart.stepping_run]) == {restart.stepping_run: "completed"}
+    rows = database.scalar(
+        "SELECT json_agg(json_build_array(step_order, state) ORDER BY step_order) FROM step_executions"
+        " WHERE job_execution_id = %s",
+        (restart.stepping_run,),
+    )
+    assert rows == [[order, "completed"] for order in range(SHORT_STEPS)]
 
 
 def test_every_transition_across_the_restart_is_audited_with_its_event(restart: Restart) -> None:
