@@ -30,7 +30,7 @@ def run_execution(self, execution_id: str) -> str:
     worker_name = self.request.hostname or "inline"
     # A message that arrives while the database restarts waits for it rather than failing:
     # otherwise the execution would sit queued until the sweep re-sends it.
-    if not retry_while_database_away(lambda: control.claim(execution_id, worker_name), what=f"claiming {execution_id}"):
+    if not control.claim_riding_out_outages(execution_id, worker_name):
         return "not-claimed"
     try:
         runner = retry_while_database_away(
