@@ -1,10 +1,14 @@
-"""Two beats and two clock workers fire each instant once; the concurrency limit holds across three workers."""
+"""Two beats and two clock workers fire each instant once, a beat stops when told, the concurrency limit holds."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +58,24 @@ def test_two_beats_and_two_clock_workers_fire_each_instant_of_50_schedules_exact
     assert counts.duplicated == 0, counts
     assert counts.missed == 0, counts
     assert counts.fired_audits == counts.fired, counts
+
+
+def test_a_beat_told_to_stop_several_times_at_once_exits_and_records_its_stop(cluster: CeleryCluster) -> None:
+    # A process manager signals the whole group and bin/respawn passes the signal on: beat gets
+    # SIGTERM twice or more, the later ones arriving while the first is still being handled.
+    beat = cluster.start_beat()
+    until = time.monotonic() + 1
+    while time.monotonic() < until and beat.process.poll() is None:
+        with suppress(ProcessLookupError):
+            os.kill(beat.process.pid, signal.SIGTERM)
+        time.sleep(0.0002)
+    try:
+        beat.process.wait(20)
+    except subprocess.TimeoutExpired:
+        pytest.fail("beat did not exit within 20 s of SIGTERM")
+    assert cluster.database.scalar(
+        "SELECT stopped_at IS NOT NULL FROM process_heartbeats WHERE kind = 'beat' AND pid = %s", (beat.process.pid,)
+    )
 
 
 def test_the_concurrency_limit_holds_across_three_workers(cluster: CeleryCluster) -> None:
