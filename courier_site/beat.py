@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 from typing import Any
 
 from celery.beat import PersistentScheduler
@@ -24,7 +26,14 @@ class HeartbeatScheduler(PersistentScheduler):
         self.app.send_task("courier_site.tasks.create_monthly_partitions", expires=3600)
 
     def close(self, *args: Any, **kwargs: Any) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.stop()
-            self._heartbeat = None
+        # Celery calls this from its SIGTERM/SIGINT handler. A process manager signalling the
+        # whole group while bin/respawn passes the signal on delivers two at once, and a handler
+        # re-entering this one mid-way would deadlock on a lock the first holds: once stopping,
+        # further stop signals are ignored (SIGKILL still ends the process).
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, signal.SIG_IGN)
+        heartbeat, self._heartbeat = self._heartbeat, None
+        if heartbeat is not None:
+            heartbeat.stop()
         super().close(*args, **kwargs)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import close_old_connections, connection
+
+logger = logging.getLogger(__name__)
 
 _UPSERT = """
 INSERT INTO process_heartbeats (process_name, kind, hostname, pid, started_at, last_seen_at, stopped_at, schema_version)
@@ -58,6 +61,17 @@ def is_fresh(age: timedelta) -> bool:
     return age <= timedelta(seconds=settings.COURIER_HEARTBEAT_TIMEOUT)
 
 
+def expired_before(now: datetime) -> datetime | None:
+    """Heartbeats older than this count as gone; None while the database has been up for less than
+    the timeout, since nobody could write a heartbeat while it was down (a restart is no crash)."""
+    timeout = settings.COURIER_HEARTBEAT_TIMEOUT
+    with connection.cursor() as cursor:
+        # The database's own clock on both sides: the caller's `now` may be another host's, or frozen.
+        cursor.execute("SELECT now() - pg_postmaster_start_time() < make_interval(secs => %s)", [timeout])
+        restarted_lately = cursor.fetchone()[0]
+    return None if restarted_lately else now - timedelta(seconds=timeout)
+
+
 class HeartbeatThread(threading.Thread):
     """Refreshes a process's heartbeat every COURIER_HEARTBEAT_INTERVAL seconds until stopped."""
 
@@ -66,6 +80,7 @@ class HeartbeatThread(threading.Thread):
         self.kind = kind
         self.process = name
         self.stopping = threading.Event()
+        self.stop_requested = False
 
     def run(self) -> None:
         try:
@@ -76,13 +91,22 @@ class HeartbeatThread(threading.Thread):
                 except Exception:  # the database may be restarting; try again next round
                     connection.close()
                 self.stopping.wait(settings.COURIER_HEARTBEAT_INTERVAL)
+            # Written from this thread, on its own connection: stop() runs in signal handlers,
+            # which may interrupt a database call of the main thread on the main connection.
+            try:
+                close_old_connections()
+                mark_stopped(self.process)
+            except Exception:
+                logger.warning("could not record that %s stopped", self.process, exc_info=True)
         finally:
             connection.close()
 
     def stop(self) -> None:
+        """Record the stop and end the thread (within 5 s). Safe to call again, also from a signal
+        handler that interrupts an earlier call: a second SIGTERM must not deadlock the process."""
+        if self.stop_requested:
+            return
+        self.stop_requested = True
         self.stopping.set()
-        self.join(timeout=5)
-        try:
-            mark_stopped(self.process)
-        finally:
-            connection.close()
+        if self.is_alive():
+            self.join(timeout=5)

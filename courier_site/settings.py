@@ -170,6 +170,10 @@ CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=660)
 # it must exceed the longest task, otherwise a long task would run twice.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=43200)}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# When the Redis connection drops, running executions carry on (Celery 6 would cancel them
+# by default): they cannot be acknowledged, but the message is gone with Redis anyway, and
+# the database claim, not the message, decides who runs an execution.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 # Every Courier task goes to this queue; separate installations sharing one Redis give
 # each their own name.
 COURIER_QUEUE = env.str("COURIER_QUEUE", default="courier")
@@ -192,6 +196,10 @@ COURIER_HEARTBEAT_TIMEOUT = env.int("COURIER_HEARTBEAT_TIMEOUT", default=60)
 # seconds is dispatched again by the sweep (its message was lost with a Redis restart).
 # Longer than a busy worker takes to pick up a message; shorter than operators will wait.
 COURIER_REDISPATCH_AFTER_SECONDS = env.int("COURIER_REDISPATCH_AFTER_SECONDS", default=30)
+# A worker whose database goes away (a restart, a failover) keeps its running steps going and
+# retries its checkpoint and state writes on a new connection for this many seconds before it
+# gives up on the execution (crash recovery then fails it as "worker lost").
+COURIER_DATABASE_OUTAGE_SECONDS = env.int("COURIER_DATABASE_OUTAGE_SECONDS", default=120)
 
 LOGGING = {
     "version": 1,

@@ -6,6 +6,7 @@ import logging
 
 from celery import shared_task
 
+from courier_site.db import retry_while_database_away
 from jobs import chains, scheduling
 from jobs.engine import control, dispatch, recovery
 from jobs.engine.runner import ExecutionRunner
@@ -27,10 +28,15 @@ logger = logging.getLogger(__name__)
 def run_execution(self, execution_id: str) -> str:
     """Claim a queued execution and run it to its end, pause or cancel; then dispatch the next ones."""
     worker_name = self.request.hostname or "inline"
-    if not control.claim(execution_id, worker_name):
+    # A message that arrives while the database restarts waits for it rather than failing:
+    # otherwise the execution would sit queued until the sweep re-sends it.
+    if not control.claim_riding_out_outages(execution_id, worker_name):
         return "not-claimed"
     try:
-        return ExecutionRunner(execution_id, worker_name).run()
+        runner = retry_while_database_away(
+            lambda: ExecutionRunner(execution_id, worker_name), what=f"loading execution {execution_id}"
+        )
+        return runner.run()
     finally:
         control.dispatch_soon()
 

@@ -146,22 +146,22 @@ class CeleryCluster:
         env.update(self.extra_env)
         return env
 
-    def start_worker(self, name: str, concurrency: int = 4, wait: bool = True, respawn: bool = False) -> WorkerProcess:
-        """A worker on the job and control queues; with respawn, under bin/respawn as the Procfile runs it."""
-        log_path = self.log_dir / f"{name}.log"
+    def start_worker(
+        self,
+        name: str,
+        concurrency: int = 4,
+        wait: bool = True,
+        respawn: bool = False,
+        queues: tuple[str, ...] = ("", "-control", "-monitors"),
+    ) -> WorkerProcess:
+        """A worker on the given queue suffixes (by default job runs, the clock's control tasks and
+        monitor scans alike); with respawn, under bin/respawn as the Procfile runs it."""
         command = [
-            *([str(ROOT / "bin" / "respawn")] if respawn else []),
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "courier_site",
-            "worker",
+            *celery_command("worker"),
             "--loglevel",
             "INFO",
             "--queues",
-            # Job runs, the clock's control tasks (sweeps, schedule ticks) and monitor scans alike.
-            ",".join(f"{os.environ['COURIER_QUEUE']}{suffix}" for suffix in ("", "-control", "-monitors")),
+            ",".join(f"{os.environ['COURIER_QUEUE']}{suffix}" for suffix in queues),
             "--concurrency",
             str(concurrency),
             "--hostname",
@@ -169,29 +169,59 @@ class CeleryCluster:
             "--without-gossip",
             "--without-mingle",
         ]
+        worker = self.spawn(name, command, respawn=respawn)
+        if wait:
+            # The heartbeat is written at worker_ready, when the consumer is already connected.
+            self._wait_started(
+                worker,
+                "SELECT count(*) FROM process_heartbeats WHERE process_name LIKE %s AND stopped_at IS NULL",
+                (f"{name}@%",),
+            )
+        return worker
+
+    def start_beat(self, name: str = "beat", wait: bool = True, respawn: bool = False) -> WorkerProcess:
+        """A `celery beat` with a schedule file of its own (two beats must not share one)."""
+        command = [*celery_command("beat"), "--loglevel", "INFO", "--schedule", str(self.log_dir / f"{name}-schedule")]
+        beat = self.spawn(name, command, respawn=respawn)
+        if wait:
+            # Without respawn the beat is this very process; with it, any new beat heartbeat will do.
+            self._wait_started(
+                beat,
+                "SELECT count(*) FROM process_heartbeats WHERE kind = 'beat' AND stopped_at IS NULL"
+                " AND (pid = %s OR %s) AND last_seen_at > now() - interval '5 seconds'",
+                (beat.process.pid, respawn),
+            )
+        return beat
+
+    def spawn(self, name: str, command: list[str], respawn: bool = False) -> WorkerProcess:
+        """Start command in a process group of its own, logging to <log_dir>/<name>.log; reaped by stop_all."""
+        log_path = self.log_dir / f"{name}.log"
         with log_path.open("w") as log:
             process = subprocess.Popen(
-                command, cwd=ROOT, env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                [*([str(ROOT / "bin" / "respawn")] if respawn else []), *command],
+                cwd=ROOT,
+                env=self.env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
-        worker = WorkerProcess(name, process, log_path)
-        self.processes.append(worker)
-        if wait:
-            wait_for(
-                lambda: (
-                    process.poll() is not None
-                    or self.database.scalar(
-                        "SELECT count(*) FROM process_heartbeats WHERE process_name LIKE %s AND stopped_at IS NULL",
-                        (f"{name}@%",),
-                    )
-                ),
-                60,
-                f"worker {name} to start",
-                interval=0.2,
-            )
-            assert process.poll() is None, worker.output()[-3000:]
-            # The heartbeat is written at worker_ready, when the consumer is already connected.
-        return worker
+        started = WorkerProcess(name, process, log_path)
+        self.processes.append(started)
+        return started
+
+    def _wait_started(self, started: WorkerProcess, query: str, params: tuple[Any, ...]) -> None:
+        wait_for(
+            lambda: started.process.poll() is not None or self.database.scalar(query, params),
+            60,
+            f"{started.name} to start",
+            interval=0.2,
+        )
+        assert started.process.poll() is None, started.output()[-3000:]
 
     def stop_all(self) -> None:
         for worker in self.processes:
             worker.stop()
+
+
+def celery_command(verb: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "courier_site", verb]

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,60 +13,10 @@ from typing import Any
 import pytest
 import redis
 
-from tests.celery_support import ROOT, CeleryCluster, LiveDatabase, live_database, wait_for
+from tests.celery_support import ROOT, CeleryCluster, LiveDatabase, celery_command, live_database, wait_for
+from tests.fault_support import RedisServer, point_app_at, runs_counted
 
 pytestmark = pytest.mark.celery
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class RedisServer:
-    """A private redis-server without persistence: a restart loses every message, as a crash would."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.directory = directory
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                shutil.which("redis-server") or "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.directory),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for(self._answers, 10, "redis-server to answer")
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(10)
-            self.process = None
-
-    def _answers(self) -> bool:
-        try:
-            return bool(redis.Redis.from_url(self.url).ping())
-        except redis.ConnectionError:
-            return False
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +67,7 @@ def test_an_execution_queued_across_a_redis_restart_runs_when_the_broker_is_back
             beat = subprocess.Popen(
                 [
                     str(ROOT / "bin" / "respawn"),
-                    *cluster_command("beat"),
+                    *celery_command("beat"),
                     "--schedule",
                     str(tmp_path / "beat-schedule"),
                 ],
@@ -158,13 +106,80 @@ def test_an_execution_queued_across_a_redis_restart_runs_when_the_broker_is_back
             live.execute("UPDATE process_heartbeats SET stopped_at = now() WHERE stopped_at IS NULL")
 
 
-def point_app_at(app: Any, url: str) -> None:
-    app.conf.broker_url = url
-    app._pool = None
-    app.amqp._producer_pool = None
+def in_state(live: LiveDatabase, ids: list[str], state: str) -> int:
+    return live.scalar("SELECT count(*) FROM job_executions WHERE id = ANY(%s::uuid[]) AND state = %s", (ids, state))
 
 
-def cluster_command(verb: str) -> list[str]:
-    import sys
+def test_executions_queued_and_running_across_a_redis_restart_each_run_exactly_once(
+    live: LiveDatabase, broker: RedisServer, django_db_blocker: Any, tmp_path: Path, settings: Any, monkeypatch
+) -> None:
+    from celery import current_app
 
-    return [sys.executable, "-m", "celery", "-A", "courier_site", verb]
+    from jobs.engine import control
+    from tests.engine_support import make_job
+
+    settings.COURIER_DATA_DIR = tmp_path / "data"
+    settings.COURIER_ALLOWED_ROOTS = [settings.COURIER_DATA_DIR]
+    runs_log = tmp_path / "runs.log"
+    original_broker = current_app.conf.broker_url
+    monkeypatch.setenv("CELERY_BROKER_URL", broker.url)
+    point_app_at(current_app, broker.url)
+    # Six dispatched at a time for three worker processes: three run, three wait in Redis.
+    live.execute("UPDATE system_settings SET value = '6' WHERE key = 'job.concurrency_limit'")
+    cluster = CeleryCluster(
+        live,
+        broker.url,
+        tmp_path / "data",
+        tmp_path,
+        extra_env={
+            "COURIER_REDISPATCH_AFTER_SECONDS": "3",
+            "COURIER_STEP_MODULES": "tests.engine_support,tests.fault_support",
+        },
+    )
+    with django_db_blocker.unblock():
+        try:
+            cluster.start_worker("w1", concurrency=3, respawn=True)
+            cluster.start_beat(respawn=True)
+            job = make_job([("test.count_runs", {"path": str(runs_log), "seconds": 2})], name="counted")
+            ids = [str(control.enqueue(job, triggered_by="manual:tester").pk) for _ in range(10)]
+            wait_for(
+                lambda: in_state(live, ids, "running") == 3,
+                30,
+                "three executions to run",
+            )
+            waiting_in_redis = live.scalar(
+                "SELECT count(*) FROM job_executions WHERE id = ANY(%s::uuid[])"
+                " AND state = 'queued' AND dispatched_at IS NOT NULL",
+                (ids,),
+            )
+            assert waiting_in_redis > 0
+
+            broker.kill()
+            time.sleep(1)
+            broker.start()
+
+            wait_for(
+                lambda: in_state(live, ids, "completed") == len(ids),
+                90,
+                "every execution to complete",
+                interval=0.2,
+            )
+        finally:
+            cluster.stop_all()
+            point_app_at(current_app, original_broker)
+            live.execute("UPDATE system_settings SET value = '5' WHERE key = 'job.concurrency_limit'")
+            live.execute("UPDATE job_executions SET state = 'cancelled' WHERE state IN ('queued', 'running', 'paused')")
+            live.execute("UPDATE process_heartbeats SET stopped_at = now() WHERE stopped_at IS NULL")
+
+    # The step ran once per execution: one line each in its log, one step row, one claim.
+    assert runs_counted(runs_log) == dict.fromkeys(ids, 1)
+    assert live.scalar(
+        "SELECT json_agg(n) FROM (SELECT count(*) AS n FROM step_executions WHERE job_execution_id = ANY(%s::uuid[])"
+        " GROUP BY job_execution_id) rows",
+        (ids,),
+    ) == [1] * len(ids)
+    assert live.scalar(
+        "SELECT count(*) FROM audit_log_entries WHERE entity_type = 'job_execution' AND operation = 'running'"
+        " AND entity_id = ANY(%s::uuid[])",
+        (ids,),
+    ) == len(ids)

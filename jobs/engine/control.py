@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from audit.models import AuditLogEntry
 from audit.querysets import actor_name
+from courier_site.db import OutageTolerance
 from courier_site.errors import CourierError
 from jobs.definitions import version_for_run
 from jobs.engine import hooks, workdirs
@@ -154,13 +155,13 @@ def dispatch_soon() -> None:
         logger.exception("immediate dispatch failed; the sweep will dispatch the queued executions")
 
 
-def claim(execution_id: Any, worker_name: str) -> bool:
+def claim(execution_id: Any, worker_name: str, *, at: Any = None) -> bool:
     """queued -> running for the worker that received the task; False when another got it first."""
     with transaction.atomic():
         execution = JobExecution.objects.select_for_update(skip_locked=True).filter(pk=execution_id).first()
         if execution is None or execution.state != "queued":
             return False
-        now = timezone.now()
+        now = at or timezone.now()
         execution.state = "running"
         execution.started_at = execution.started_at or now
         execution.worker_name = worker_name
@@ -169,6 +170,24 @@ def claim(execution_id: Any, worker_name: str) -> bool:
         execution.save()
         _audit_transition(execution, "running", "system", {"from": "queued", "worker": worker_name})
     return True
+
+
+def claim_riding_out_outages(execution_id: Any, worker_name: str) -> bool:
+    """claim(), retried on a new connection while the database restarts. A claim that committed
+    although its reply was lost is recognised by its exact claim time, so it is not refused as
+    someone else's (the execution would then sit running with nobody running it)."""
+
+    claimed_at = timezone.now()
+
+    def made() -> bool:
+        return JobExecution.objects.filter(
+            pk=execution_id, state="running", worker_name=worker_name, heartbeat_at=claimed_at
+        ).exists()
+
+    outcome = OutageTolerance(f"execution {execution_id}").retry(
+        "claiming it", lambda: claim(execution_id, worker_name, at=claimed_at), made
+    )
+    return outcome is not False  # None: an earlier attempt's claim was made
 
 
 def request_pause(execution_id: Any, *, by: Any) -> JobExecution:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +14,11 @@ from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
 from audit.models import AuditLogEntry
+from courier_site import heartbeats
 from jobs.engine import context as context_refs
 from jobs.engine import control, workdirs
 from jobs.engine.states import STEP_EVENTS
+from jobs.models import JobExecution, JobVersion, StepExecution
 from jobs.policy import FailurePolicy
 from jobs.secrets import unseal_config
 from jobs.steps.base import CancelToken, StepContext, get_step_type
@@ -30,10 +32,11 @@ def recover_lost_executions(now: Any = None) -> list[str]:
 
     The requeued execution resumes from the lost one's checkpoint and work directory.
     """
-    from jobs.models import JobExecution, JobVersion
 
     now = now or timezone.now()
-    expired_before = now - timedelta(seconds=settings.COURIER_HEARTBEAT_TIMEOUT)
+    expired_before = heartbeats.expired_before(now)
+    if expired_before is None:  # the database restarted a moment ago: running workers report again soon
+        return []
     recovered = []
     with transaction.atomic():
         lost = list(
@@ -93,7 +96,6 @@ def recover_lost_executions(now: Any = None) -> list[str]:
 
 def _fail_interrupted_steps(execution: Any, message: str) -> set[str]:
     """The steps the lost worker was running end failed with the same message, on record; their job step ids."""
-    from jobs.models import StepExecution
 
     now = timezone.now()
     interrupted = set()
@@ -196,7 +198,6 @@ class RecoveryLoop(threading.Thread):
 
 def cleanup_orphan_work_dirs() -> list[str]:
     """Remove work directories of executions that are neither active nor resumable, after job.temp_cleanup_days."""
-    from jobs.models import JobExecution
 
     days = setting_int("job.temp_cleanup_days", 7)
     # Active executions, and failed ones that may still be retried from their failed step

@@ -9,15 +9,18 @@ import os
 import threading
 import time
 import traceback
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from django.db import connection, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from audit.models import AuditLogEntry
+from connections.transfer.sessions import SessionPool
+from courier_site.db import OutageTolerance, connection_lost
 from courier_site.errors import CourierError
 from jobs.definitions import check_definition
 from jobs.engine import context as context_refs
@@ -25,13 +28,11 @@ from jobs.engine import control, workdirs
 from jobs.engine.flow import Node, parse
 from jobs.engine.states import STEP_EVENTS
 from jobs.errors import Cancelled, ResumeCheckFailed, StepConfigurationError, StepTimedOut
+from jobs.models import JobExecution, JobVersion, StepExecution
 from jobs.policy import FailurePolicy
 from jobs.secrets import unseal_config
 from jobs.steps.base import CancelToken, StepContext, StepResult, get_step_type
 from jobs.steps.flow import evaluate
-
-if TYPE_CHECKING:
-    from jobs.models import JobExecution
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +66,6 @@ class ExecutionRunner:
     """Walks the pinned definition of one running execution to its end, pause or cancel."""
 
     def __init__(self, execution_id: Any, worker_name: str) -> None:
-        from jobs.models import JobExecution, JobVersion
-
         self.execution = JobExecution.objects.select_related("job").get(pk=execution_id)
         self.worker_name = worker_name
         self.version = JobVersion.objects.get(
@@ -83,7 +82,7 @@ class ExecutionRunner:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.last_control_poll = 0.0
         self.last_heartbeat = time.monotonic()
-        from connections.transfer.sessions import SessionPool
+        self.database = OutageTolerance(f"execution {self.execution.pk}")
 
         self.sessions = SessionPool()
 
@@ -109,6 +108,11 @@ class ExecutionRunner:
         except CourierError as error:  # a bad definition fails before the first step
             return self._finish("failed", str(error))
         except Exception as error:
+            if isinstance(error, (OperationalError, InterfaceError)) and connection_lost(error):
+                # Away past COURIER_DATABASE_OUTAGE_SECONDS: nothing can be recorded now. Crash
+                # recovery fails the execution as "worker lost" once the database is back.
+                logger.error("execution %s abandoned: the database stayed unavailable", self.execution.pk)
+                raise
             logger.exception("execution %s crashed", self.execution.pk)
             return self._finish("failed", f"internal error: {type(error).__name__}: {error}")
         if self.skipped:
@@ -271,29 +275,41 @@ class ExecutionRunner:
                 logger.error("execution %s: step %s ignored its stop request", self.execution.pk, step["step_order"])
                 raise Cancelled(token.reason or "cancel")
             self._heartbeat(row, context)
-        self.sessions.flush_events()
+        self.database.retry("auditing session events", self.sessions.flush_events)
         if "error" in outcome:
             raise outcome["error"]
         return outcome.get("result") or StepResult()
 
     # ------------------------------------------------------------------ persistence
-    def _start_step_row(self, step: dict[str, Any], position: str, attempt: int) -> Any:
-        from jobs.models import StepExecution
+    def _step_state(self, row: Any) -> str | None:
+        return StepExecution.objects.filter(pk=row.pk).values_list("state", flat=True).first()
 
-        with transaction.atomic():
-            row = StepExecution.objects.create(
-                job_execution_id=self.execution.pk,
-                job_step_id=step["id"],
-                step_order=step["step_order"],
-                state="running",
-                started_at=timezone.now(),
-                retry_attempt=attempt,
-                iteration_index=self.loops[-1].index if self.loops else None,
-                position=position,
-                step_name=step.get("name") or "",
-                type_key=step["type_key"],
-            )
-            self._audit_step(row, "running", {"attempt": attempt})
+    def _execution_state(self) -> str | None:
+        return JobExecution.objects.filter(pk=self.execution.pk).values_list("state", flat=True).first()
+
+    def _start_step_row(self, step: dict[str, Any], position: str, attempt: int) -> Any:
+        row = StepExecution(
+            id=uuid.uuid4(),
+            job_execution_id=self.execution.pk,
+            job_step_id=step["id"],
+            step_order=step["step_order"],
+            state="running",
+            started_at=timezone.now(),
+            retry_attempt=attempt,
+            iteration_index=self.loops[-1].index if self.loops else None,
+            position=position,
+            step_name=step.get("name") or "",
+            type_key=step["type_key"],
+        )
+
+        def write() -> None:
+            with transaction.atomic():
+                row.save(force_insert=True)
+                self._audit_step(row, "running", {"attempt": attempt})
+
+        self.database.retry(
+            f"starting step {step['step_order']}", write, lambda: StepExecution.objects.filter(pk=row.pk).exists()
+        )
         return row
 
     def _audit_step(self, row: Any, state: str, details: dict[str, Any]) -> None:
@@ -313,12 +329,7 @@ class ExecutionRunner:
         )
 
     def _save_snapshot(self) -> None:
-        self.execution.context_snapshot = {
-            "values": _jsonable(self.values),
-            "completed": self.completed,
-            "files": self.files,
-            "skipped": self.skipped,
-        }
+        self.execution.context_snapshot = self._snapshot_dict()
         self.execution.heartbeat_at = timezone.now()
         self.execution.save(update_fields=["context_snapshot", "heartbeat_at", "updated_at"])
 
@@ -330,60 +341,76 @@ class ExecutionRunner:
                 self.values[f"{step['alias']}.{name}"] = value
         self.completed.append(position)
         self.files.extend(str(Path(path)) for path in result.files)
-        # Checkpoint: the step row and the context snapshot commit together.
-        with transaction.atomic():
-            row.state = "completed"
-            row.completed_at = timezone.now()
-            row.duration_ms = int((time.monotonic() - started) * 1000)
-            row.bytes_processed = result.bytes_processed
-            row.output_data = outputs
-            row.progress = None
-            row.save()
-            self._save_snapshot()
-            self._audit_step(row, "completed", {"duration_ms": row.duration_ms, "bytes": row.bytes_processed})
-            for entity_type, entity_id, operation, details in result.audit:
-                AuditLogEntry.objects.record(
-                    entity_type=entity_type,
-                    entity_id=entity_id,
-                    operation=operation,
-                    performed_by="system",
-                    details={"job_execution_id": str(self.execution.pk), **details},
-                )
+        row.state = "completed"
+        row.completed_at = timezone.now()
+        row.duration_ms = int((time.monotonic() - started) * 1000)
+        row.bytes_processed = result.bytes_processed
+        row.output_data = outputs
+        row.progress = None
+
+        def write() -> None:
+            # Checkpoint: the step row and the context snapshot commit together.
+            with transaction.atomic():
+                row.save()
+                self._save_snapshot()
+                self._audit_step(row, "completed", {"duration_ms": row.duration_ms, "bytes": row.bytes_processed})
+                for entity_type, entity_id, operation, details in result.audit:
+                    AuditLogEntry.objects.record(
+                        entity_type=entity_type,
+                        entity_id=entity_id,
+                        operation=operation,
+                        performed_by="system",
+                        details={"job_execution_id": str(self.execution.pk), **details},
+                    )
+
+        self.database.retry(
+            f"checkpoint of step {step['step_order']}", write, lambda: self._step_state(row) == "completed"
+        )
 
     def _fail_step_row(self, row: Any, error: Exception, started: float) -> None:
-        with transaction.atomic():
-            row.state = "failed"
-            row.completed_at = timezone.now()
-            row.duration_ms = int((time.monotonic() - started) * 1000)
-            row.error_message = str(error)
-            row.error_stack_trace = "".join(traceback.format_exception(error))[-8000:]
-            row.progress = None
-            row.save()
-            self._save_snapshot()
-            self._audit_step(row, "failed", {"error": str(error)})
+        row.state = "failed"
+        row.completed_at = timezone.now()
+        row.duration_ms = int((time.monotonic() - started) * 1000)
+        row.error_message = str(error)
+        row.error_stack_trace = "".join(traceback.format_exception(error))[-8000:]
+        row.progress = None
+
+        def write() -> None:
+            with transaction.atomic():
+                row.save()
+                self._save_snapshot()
+                self._audit_step(row, "failed", {"error": str(error)})
+
+        self.database.retry(f"failure of step {row.step_order}", write, lambda: self._step_state(row) == "failed")
 
     def _mark_skipped(self, row: Any, step: dict[str, Any], label: str) -> None:
-        from jobs.models import StepExecution
-
         self.skipped.append(label)
-        with transaction.atomic():
-            # The failed attempt stays on record; a skipped row says the job went on without it.
-            skipped = StepExecution.objects.create(
-                job_execution_id=self.execution.pk,
-                job_step_id=step["id"],
-                step_order=step["step_order"],
-                state="skipped",
-                started_at=row.started_at,
-                completed_at=timezone.now(),
-                retry_attempt=row.retry_attempt,
-                iteration_index=row.iteration_index,
-                position=row.position,
-                step_name=row.step_name,
-                type_key=row.type_key,
-                error_message=f"skipped after failure (skip_and_continue): {row.error_message}",
-            )
-            self._save_snapshot()
-            self._audit_step(skipped, "skipped", {"reason": "skip_and_continue"})
+        # The failed attempt stays on record; a skipped row says the job went on without it.
+        skipped = StepExecution(
+            id=uuid.uuid4(),
+            job_execution_id=self.execution.pk,
+            job_step_id=step["id"],
+            step_order=step["step_order"],
+            state="skipped",
+            started_at=row.started_at,
+            completed_at=timezone.now(),
+            retry_attempt=row.retry_attempt,
+            iteration_index=row.iteration_index,
+            position=row.position,
+            step_name=row.step_name,
+            type_key=row.type_key,
+            error_message=f"skipped after failure (skip_and_continue): {row.error_message}",
+        )
+
+        def write() -> None:
+            with transaction.atomic():
+                skipped.save(force_insert=True)
+                self._save_snapshot()
+                self._audit_step(skipped, "skipped", {"reason": "skip_and_continue"})
+
+        self.database.retry(
+            f"skipping step {row.step_order}", write, lambda: StepExecution.objects.filter(pk=skipped.pk).exists()
+        )
 
     def _interrupted(self, row: Any, reason: str, started: float) -> None:
         notes = {
@@ -391,15 +418,19 @@ class ExecutionRunner:
             "shutdown": "interrupted by worker shutdown; runs again on resume",
             "cancel": "interrupted by cancel",
         }
-        with transaction.atomic():
-            row.state = "skipped"
-            row.completed_at = timezone.now()
-            row.duration_ms = int((time.monotonic() - started) * 1000)
-            row.error_message = notes.get(reason, reason)
-            row.progress = None
-            row.save()
-            self._save_snapshot()
-            self._audit_step(row, "skipped", {"reason": reason})
+        row.state = "skipped"
+        row.completed_at = timezone.now()
+        row.duration_ms = int((time.monotonic() - started) * 1000)
+        row.error_message = notes.get(reason, reason)
+        row.progress = None
+
+        def write() -> None:
+            with transaction.atomic():
+                row.save()
+                self._save_snapshot()
+                self._audit_step(row, "skipped", {"reason": reason})
+
+        self.database.retry(f"interruption of step {row.step_order}", write, lambda: self._step_state(row) == "skipped")
 
     def _cleanup(self, step_type: Any, step: dict[str, Any]) -> None:
         context = StepContext(
@@ -424,6 +455,11 @@ class ExecutionRunner:
         if not force and now - self.last_control_poll < CONTROL_POLL_SECONDS:
             return None
         self.last_control_poll = now
+        if force:  # between steps: nothing can go on without the database anyway
+            return self.database.retry("reading control requests", self._read_control)
+        return self.database.unless_away(self._read_control)
+
+    def _read_control(self) -> str | None:
         with connection.cursor() as cursor:
             cursor.execute(
                 """
@@ -462,25 +498,32 @@ class ExecutionRunner:
         if now - self.last_heartbeat < PROGRESS_SECONDS:
             return
         self.last_heartbeat = now
-        from jobs.models import JobExecution, StepExecution
 
-        if row is not None and context is not None:
-            progress = {**context.progress.as_dict(), "updated_at": timezone.now().isoformat()}
-            StepExecution.objects.filter(pk=row.pk).update(progress=progress)
-        JobExecution.objects.filter(pk=self.execution.pk).update(heartbeat_at=timezone.now())
+        def write() -> None:
+            if row is not None and context is not None:
+                progress = {**context.progress.as_dict(), "updated_at": timezone.now().isoformat()}
+                StepExecution.objects.filter(pk=row.pk).update(progress=progress)
+            JobExecution.objects.filter(pk=self.execution.pk).update(heartbeat_at=timezone.now())
+
+        # Skipped while the database is away; the next one after it is back tells recovery we live.
+        self.database.unless_away(write)
 
     # ------------------------------------------------------------------ the end
     def _finish(self, outcome: str, message: str = "", reason: str = "") -> str:
-        from jobs.models import JobExecution
-
         # Whoever asked for the pause or cancel is named in the audit record.
         by = (
-            JobExecution.objects.filter(pk=self.execution.pk).values_list("control_requested_by", flat=True).first()
+            self.database.retry(
+                "reading who asked to stop",
+                lambda: (
+                    JobExecution.objects.filter(pk=self.execution.pk)
+                    .values_list("control_requested_by", flat=True)
+                    .first()
+                ),
+            )
             or "system"
         )
         if outcome == "paused":
-            control.transition(
-                self.execution.pk,
+            self._transition_once(
                 "paused",
                 by=by,
                 details={"reason": reason},
@@ -489,16 +532,13 @@ class ExecutionRunner:
             )
             if reason == "shutdown":
                 # Another worker carries on from the checkpoint.
-                control.transition(
-                    self.execution.pk, "queued", by="system", details={"reason": "worker shutdown"}, worker_name=None
-                )
+                self._transition_once("queued", by="system", details={"reason": "worker shutdown"}, worker_name=None)
             return "paused"
         # The work directory goes before the final state is written: whoever sees the
         # execution ended (an operator, a chain, a dependent job) never finds it still there.
         if outcome == "cancelled":
             workdirs.remove_path(self.work_dir)
-            control.transition(
-                self.execution.pk,
+            self._transition_once(
                 "cancelled",
                 by=by,
                 control_request=None,
@@ -508,22 +548,33 @@ class ExecutionRunner:
             return "cancelled"
         if outcome == "completed":
             workdirs.remove_path(self.work_dir)
-            control.transition(self.execution.pk, "completed", context_snapshot=self._snapshot_dict())
+            self._transition_once("completed", context_snapshot=self._snapshot_dict())
             return "completed"
-        # The failed state, the retry its policy asks for, and what follows from the failure
-        # (chain members skipped, dependent jobs queued) commit together.
-        with transaction.atomic():
-            failed = control.transition(
-                self.execution.pk,
-                "failed",
-                details={"error": message},
-                error_message=message,
-                control_request=None,
-                context_snapshot=self._snapshot_dict(),
-                followups=False,
-            )
-            control.after_finish(failed, retried_by=self._maybe_retry_job())
+
+        def write() -> None:
+            # The failed state, the retry its policy asks for, and what follows from the failure
+            # (chain members skipped, dependent jobs queued) commit together.
+            with transaction.atomic():
+                failed = control.transition(
+                    self.execution.pk,
+                    "failed",
+                    details={"error": message},
+                    error_message=message,
+                    control_request=None,
+                    context_snapshot=self._snapshot_dict(),
+                    followups=False,
+                )
+                control.after_finish(failed, retried_by=self._maybe_retry_job())
+
+        self.database.retry("recording its failure", write, lambda: self._execution_state() == "failed")
         return "failed"
+
+    def _transition_once(self, new_state: str, **fields: Any) -> None:
+        self.database.retry(
+            f"moving to {new_state}",
+            lambda: control.transition(self.execution.pk, new_state, **fields),
+            lambda: self._execution_state() == new_state,
+        )
 
     def _snapshot_dict(self) -> dict[str, Any]:
         return {
@@ -537,7 +588,6 @@ class ExecutionRunner:
         policy = getattr(self, "policy", None)
         if policy is None or policy.type != "retry_job" or self.execution.attempt > policy.max_retries:
             return None
-        from jobs.models import JobExecution
 
         failed = JobExecution.objects.get(pk=self.execution.pk)
         return control.enqueue(
