@@ -40,10 +40,11 @@ TICK_SECONDS = 0.1  # how often the runner looks at a running step
 CONTROL_POLL_SECONDS = 0.5  # pause/cancel picked up well within a second
 PROGRESS_SECONDS = 2.0  # live progress and execution heartbeat
 STOP_GRACE_SECONDS = 10.0  # a step that ignores its stop request this long is abandoned
+LOST = "lost"  # stop reason and outcome of a run that crash recovery handed to another execution
 
 
 class ExecutionStopped(Exception):
-    """Ends the walk of the step tree: outcome is "failed", "paused" or "cancelled"."""
+    """Ends the walk of the step tree: outcome is "failed", "paused", "cancelled" or "lost"."""
 
     def __init__(self, outcome: str, message: str = "", reason: str = "") -> None:
         self.outcome = outcome
@@ -88,7 +89,7 @@ class ExecutionRunner:
 
     # ------------------------------------------------------------------ entry point
     def run(self) -> str:
-        """Run to the end; returns the final state (completed, failed, paused, cancelled)."""
+        """Run to the end; returns the final state (completed, failed, paused, cancelled), or "lost"."""
         try:
             return self._run()
         finally:
@@ -212,6 +213,8 @@ class ExecutionRunner:
                     raise StepConfigurationError("; ".join(problems))
                 result = self._execute(step_type, step, config, row)
             except Cancelled as stop:
+                if stop.reason == LOST:
+                    raise ExecutionStopped(*self._stop_outcome(stop.reason)) from None  # not ours to write
                 if stop.reason != "timeout":
                     self._interrupted(row, stop.reason, started)
                     raise ExecutionStopped(*self._stop_outcome(stop.reason)) from None
@@ -233,6 +236,8 @@ class ExecutionRunner:
             raise ExecutionStopped("failed", f"{label} failed: {error}")
 
     def _stop_outcome(self, reason: str) -> tuple[str, str, str]:
+        if reason == LOST:
+            return (LOST, "", reason)
         if reason in ("pause", "shutdown"):
             return ("paused", "", reason)
         return ("cancelled", "", reason)
@@ -465,12 +470,17 @@ class ExecutionRunner:
                 """
                 SELECT e.control_request,
                        EXISTS (SELECT 1 FROM process_heartbeats h
-                               WHERE h.process_name = %s AND h.stopped_at IS NOT NULL)
+                               WHERE h.process_name = %s AND h.stopped_at IS NOT NULL),
+                       e.state = 'running' AND e.worker_name IS NOT DISTINCT FROM %s
                 FROM job_executions e WHERE e.id = %s
                 """,
-                [self.worker_name, self.execution.pk],
+                [self.worker_name, self.worker_name, self.execution.pk],
             )
-            request, shutting_down = cursor.fetchone()
+            request, shutting_down, still_ours = cursor.fetchone()
+        if not still_ours:
+            # Crash recovery declared this run lost while this worker was frozen (SIGSTOP, a
+            # paused VM, a long partition): a retry owns the run now. Stop at once, write nothing.
+            return LOST
         if request:
             return request
         if shutting_down:
@@ -510,6 +520,14 @@ class ExecutionRunner:
 
     # ------------------------------------------------------------------ the end
     def _finish(self, outcome: str, message: str = "", reason: str = "") -> str:
+        if outcome == LOST:
+            # The execution was failed as "worker lost" and its work directory handed to the
+            # retry: leave both as they are.
+            logger.warning(
+                "execution %s: recovered as lost while this worker was unresponsive; stopped without writing",
+                self.execution.pk,
+            )
+            return LOST
         # Whoever asked for the pause or cancel is named in the audit record.
         by = (
             self.database.retry(
