@@ -73,11 +73,19 @@ def with_retries(session: Any, retries: int, cancel: CancelToken, action: Any) -
             raise
         except TRANSIENT as error:
             if attempt >= retries:
-                raise ConnectionFailed(
-                    f"the session dropped and {retries} reconnect(s) did not help: {error}"
-                ) from None
+                raise ConnectionFailed(_dropped(session.connection, retries, error)) from None
             attempt += 1
             session.reconnect()
+
+
+def _dropped(connection: Any, retries: int, error: BaseException) -> str:
+    """Why the session is given up: a partner gone silent is told by host and the timeout it exceeded."""
+    if isinstance(error, TimeoutError):
+        timeout = connection.operation_timeout_sec
+        cause = f"{connection.host}:{connection.port} sent nothing for the operation timeout of {timeout} s"
+    else:
+        cause = f"the session with {connection.host}:{connection.port} dropped ({error or type(error).__name__})"
+    return f"{cause}; {retries} reconnect(s) did not help"
 
 
 class _RemoteStep(StepType):
