@@ -13,6 +13,7 @@ from typing import Any
 import paramiko
 
 from connections.errors import ConnectionFailed, RemoteFileError
+from connections.models import Connection
 from connections.transfer.base import TEMP_SUFFIX, join, matches
 from jobs.errors import StepFailed
 from jobs.paths import resolve_path
@@ -42,7 +43,6 @@ def _check_connection(config: dict[str, Any], protocol: str, step_label: str) ->
     value = config.get("connection_id")
     if not isinstance(value, str) or value.startswith("context:"):
         return []
-    from connections.models import Connection
 
     try:
         connection = Connection.objects.filter(pk=uuid.UUID(value)).first()

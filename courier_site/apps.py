@@ -13,6 +13,7 @@ class CourierSiteConfig(AppConfig):
     def ready(self) -> None:
         from django.db.models.signals import post_migrate
 
+        # roles reads the auth models, which exist only once the app registry is ready.
         from courier_site import roles
 
         post_migrate.connect(roles.sync_role_groups, dispatch_uid="courier-sync-role-groups")

@@ -12,6 +12,7 @@ class SystemConfig(AppConfig):
     def ready(self) -> None:
         from django.contrib.auth.signals import user_logged_in, user_login_failed
 
+        # signin imports the auth and system models, ready only once the app registry is.
         from system import signin
 
         user_login_failed.connect(signin.on_login_failed, dispatch_uid="courier-login-failed")

@@ -8,6 +8,9 @@ from typing import Any
 
 from audit.models import AuditLogEntry
 from connections.errors import AuthenticationFailed, ConnectionPolicyRefused, HostKeyRejected
+from connections.models import Connection
+from connections.transfer.ftp import FtpSession
+from connections.transfer.sftp import SftpSession
 from courier_site.envelope import keyring
 from courier_site.errors import CourierError
 from system.values import setting_bool
@@ -17,8 +20,6 @@ logger = logging.getLogger(__name__)
 
 def open_session(connection: Any, *, by: Any = "system") -> Any:
     """An authenticated session for connection, audited (success and failure alike)."""
-    from connections.transfer.ftp import FtpSession
-    from connections.transfer.sftp import SftpSession
 
     if connection.status != "active":
         raise ConnectionPolicyRefused(f"connection '{connection.name}' is disabled")
@@ -89,7 +90,6 @@ class SessionPool:
 
     def ensure(self, connection_id: Any) -> Any:
         """Open (in the runner's thread, which may use the database) the session a step will need."""
-        from connections.models import Connection
 
         key = str(connection_id)
         session = self.sessions.get(key)
