@@ -23,7 +23,7 @@ from tests.test_monitors_support import bind, drop, make_monitor
 
 pytestmark = pytest.mark.celery
 
-WAVE = 150  # aged files per wave: one execution each, so a scan of a wave takes a while
+WAVE = 100  # aged files per wave: one execution each, so a scan of a wave takes a while
 DRIP_SECONDS = 0.15  # a fresh file this often while processes are being killed
 # What an operator may expect once the processes are back: a watcher poll after the
 # stability window, or at worst the scan one polling interval after its claim.
