@@ -18,7 +18,7 @@ from connections.transfer.base import TEMP_SUFFIX, join, matches
 from jobs.errors import StepFailed
 from jobs.paths import resolve_path
 from jobs.steps.base import CancelToken, ConfigField, StepContext, StepResult, StepType, register
-from jobs.steps.files import disk_full, is_disk_full, select_sources
+from jobs.steps.files import select_sources
 
 PROTOCOLS = ("sftp", "ftp", "ftps")
 PART_SUFFIX = ".courier-part"
@@ -73,19 +73,11 @@ def with_retries(session: Any, retries: int, cancel: CancelToken, action: Any) -
             raise
         except TRANSIENT as error:
             if attempt >= retries:
-                raise ConnectionFailed(_dropped(session.connection, retries, error)) from None
+                raise ConnectionFailed(
+                    f"the session dropped and {retries} reconnect(s) did not help: {error}"
+                ) from None
             attempt += 1
             session.reconnect()
-
-
-def _dropped(connection: Any, retries: int, error: BaseException) -> str:
-    """Why the session is given up: a partner gone silent is told by host and the timeout it exceeded."""
-    if isinstance(error, TimeoutError):
-        timeout = connection.operation_timeout_sec
-        cause = f"{connection.host}:{connection.port} sent nothing for the operation timeout of {timeout} s"
-    else:
-        cause = f"the session with {connection.host}:{connection.port} dropped ({error or type(error).__name__})"
-    return f"{cause}; {retries} reconnect(s) did not help"
 
 
 class _RemoteStep(StepType):
@@ -251,17 +243,10 @@ class _Download(_RemoteStep):
                 partial.unlink()
                 offset = 0
             if offset < entry.size or entry.size == 0:
-                try:
-                    with partial.open("ab") as local:
-                        session.download(
-                            entry.path, local, offset, lambda count: (cancel.check(), context.progress.add(count))
-                        )
-                except OSError as error:
-                    if not is_disk_full(error):
-                        raise  # a dropped session: the partial stays for the resume
-                    # Unlike a dropped session, a full disk is not resumed: the partial would keep it full.
-                    self._abandon(session, partial)
-                    raise disk_full(partial, entry.size) from None
+                with partial.open("ab") as local:
+                    session.download(
+                        entry.path, local, offset, lambda count: (cancel.check(), context.progress.add(count))
+                    )
             size = partial.stat().st_size if partial.exists() else 0
             if size != entry.size:
                 raise RemoteFileError(f"download of {entry.name} incomplete: {size} of {entry.size} bytes")
@@ -275,13 +260,6 @@ class _Download(_RemoteStep):
             return size
 
         return with_retries(session, retries, cancel, fetch)
-
-    @staticmethod
-    def _abandon(session: Any, partial: Path) -> None:
-        """Remove a partial download, and drop the session whose transfer stopped halfway."""
-        partial.unlink(missing_ok=True)
-        # The server may still be sending (FTP) or answering reads (SFTP): the next step reconnects.
-        session.close()
 
     def cleanup_before_retry(self, config: dict[str, Any], context: StepContext) -> None:
         """Partial downloads are kept on purpose: the retry resumes from them."""

@@ -115,27 +115,11 @@ class FtpSession:
             banner = client.connect(connection.host, connection.port, timeout=connection.connect_timeout_sec)
         except ssl.SSLError as error:
             raise ConnectionFailed(f"TLS handshake with {connection.host}:{connection.port} failed: {error}") from None
-        except TimeoutError:
-            reached = client.sock is not None  # ftplib keeps the socket once the TCP connection is up
-            client.close()
-            if not reached:
-                raise HostUnreachable(
-                    f"cannot reach {connection.host}:{connection.port} within the connect timeout of "
-                    f"{connection.connect_timeout_sec} s; check host, port and firewall"
-                ) from None
-            raise ConnectionFailed(
-                f"{connection.host}:{connection.port} accepted the connection but sent no greeting "
-                f"within the connect timeout of {connection.connect_timeout_sec} s"
-            ) from None
-        except (ConnectionRefusedError, socket.gaierror, OSError) as error:
+        except (TimeoutError, ConnectionRefusedError, socket.gaierror, OSError) as error:
             raise HostUnreachable(
                 f"cannot reach {connection.host}:{connection.port} ({type(error).__name__}); "
                 "check host, port and firewall"
             ) from None
-        # ftplib keeps the connect timeout for every later command and data connection: from here
-        # on a silent server is given the operation timeout.
-        client.timeout = connection.operation_timeout_sec
-        client.sock.settimeout(connection.operation_timeout_sec)
         details: dict[str, Any] = {}
         try:
             if secure:
@@ -160,13 +144,6 @@ class FtpSession:
         except HostKeyRejected:
             client.close()
             raise
-        except (TimeoutError, EOFError, OSError) as error:
-            client.close()
-            stalled = isinstance(error, TimeoutError)
-            raise ConnectionFailed(
-                f"{connection.host}:{connection.port} stopped answering while logging in "
-                + (f"(nothing for {connection.operation_timeout_sec} s)" if stalled else f"({error})")
-            ) from None
         self.ftp = client
         self.info = SessionInfo(
             latency_ms=round((time.monotonic() - started) * 1000, 1), banner=banner, details=details

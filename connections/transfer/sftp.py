@@ -6,7 +6,6 @@ import contextlib
 import io
 import socket
 import stat
-import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -112,21 +111,9 @@ class SftpSession:
                 "check host, port and firewall"
             ) from None
         transport = paramiko.Transport(sock)
-        # paramiko waits 15 s for a banner whatever start_client is told, and on timeout returns
-        # without an error; a server that accepts and then says nothing must fail in the connect timeout.
-        transport.banner_timeout = transport.handshake_timeout = connection.connect_timeout_sec
         try:
             restrict_algorithms(transport, connection.ssh_algorithms, self.fips)
-            negotiated = threading.Event()
-            transport.start_client(event=negotiated)
-            if not negotiated.wait(connection.connect_timeout_sec) or not transport.is_active():
-                failure = transport.get_exception()
-                if failure is not None and not isinstance(failure, (EOFError, TimeoutError, socket.timeout)):
-                    raise failure
-                raise ConnectionFailed(
-                    f"{connection.host}:{connection.port} accepted the connection but completed no SSH handshake "
-                    f"within the connect timeout of {connection.connect_timeout_sec} s"
-                )
+            transport.start_client(timeout=connection.connect_timeout_sec)
             key = transport.get_remote_server_key()
             offered = hostkeys.fingerprint(key.asbytes())
             if self.trusted_fingerprint is None:

@@ -30,7 +30,7 @@ from jobs.errors import ArchiveError, HostileArchive, StepFailed
 from jobs.paths import resolve_path
 from jobs.steps import archive_guard as guard
 from jobs.steps.base import CancelToken, ConfigField, StepContext, StepResult, StepType, as_list, iter_chunks, register
-from jobs.steps.files import disk_full, is_disk_full, select_sources
+from jobs.steps.files import select_sources
 
 FORMATS = ("zip", "tar", "tar.gz", "gzip", "7z")
 BUILD_PREFIX = ".courier-build-"
@@ -139,14 +139,6 @@ class ZipStep(StepType):
             if not parts:
                 _move_into_place(built, target)
                 parts = [str(target)]
-        except OSError as error:
-            if not is_disk_full(error):
-                raise
-            # Half an archive is no use and keeps the disk full: remove it before saying how much is free.
-            with contextlib.suppress(FileNotFoundError):
-                built.unlink()
-            self.cleanup_before_retry(config, context)
-            raise disk_full(target) from None
         finally:
             with contextlib.suppress(FileNotFoundError):
                 built.unlink()

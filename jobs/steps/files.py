@@ -15,26 +15,6 @@ from jobs.paths import expand, has_glob, resolve_path
 from jobs.steps.base import CancelToken, ConfigField, StepContext, StepResult, StepType, as_list, iter_chunks, register
 
 CHUNK = 1024 * 1024
-MIB = 1024 * 1024
-# A full disk and a full quota read the same to an operator: free space, then run again.
-NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-
-
-def is_disk_full(error: BaseException) -> bool:
-    return isinstance(error, OSError) and error.errno in NO_SPACE_ERRNOS
-
-
-def disk_full(path: Path, needed: int | None = None) -> StepFailed:
-    """[E2050] naming the file that could not be written and the space left once its partial is gone."""
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    try:
-        free = f"{shutil.disk_usage(folder).free / MIB:.1f} MiB free"
-    except OSError:
-        free = "free space unknown"
-    wanted = f"needs {needed / MIB:.1f} MiB, " if needed is not None else ""
-    return StepFailed(f"no space left on device writing {path} ({wanted}{free})")
 
 
 def select_sources(raw: Any, context: StepContext) -> list[Path]:
@@ -83,11 +63,9 @@ def copy_file(source: Path, target: Path, context: StepContext, cancel: CancelTo
                 context.progress.add(len(chunk))
         shutil.copystat(source, temporary)
         os.replace(temporary, target)
-    except BaseException as error:
+    except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
-        if is_disk_full(error):
-            raise disk_full(target, source.stat().st_size) from None
         raise
     return copied
 
