@@ -14,6 +14,7 @@ import paramiko
 
 from connections.errors import ConnectionFailed, RemoteFileError
 from connections.transfer.base import TEMP_SUFFIX, join, matches
+from jobs.diskfull import reporting_disk_full
 from jobs.errors import StepFailed
 from jobs.paths import resolve_path
 from jobs.steps.base import CancelToken, ConfigField, StepContext, StepResult, StepType, register
@@ -243,7 +244,9 @@ class _Download(_RemoteStep):
                 partial.unlink()
                 offset = 0
             if offset < entry.size or entry.size == 0:
-                with partial.open("ab") as local:
+                # A full local disk is no dropped session: no reconnect, and the partial goes,
+                # since it cannot grow and only keeps other work from the space it holds.
+                with reporting_disk_full(partial, remove=[partial], needed=entry.size), partial.open("ab") as local:
                     session.download(
                         entry.path, local, offset, lambda count: (cancel.check(), context.progress.add(count))
                     )

@@ -8,7 +8,7 @@ import hashlib
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -223,7 +223,7 @@ class FtpSession:
         client = self._client()
         client.voidcmd("TYPE I")
         received = 0
-        with client.transfercmd(f"RETR {remote}", rest=offset or None) as data:
+        with self._aborting_on_error(), client.transfercmd(f"RETR {remote}", rest=offset or None) as data:
             # A buffered reader gathers the 16 KiB TLS records into 1 MiB blocks in C, instead
             # of one Python round per record.
             with data.makefile("rb", buffering=CHUNK) as stream:
@@ -243,7 +243,7 @@ class FtpSession:
         client = self._client()
         client.voidcmd("TYPE I")
         sent = 0
-        with client.transfercmd(f"STOR {remote}") as data:
+        with self._aborting_on_error(), client.transfercmd(f"STOR {remote}") as data:
             while True:
                 block = local_file.read(CHUNK)
                 if not block:
@@ -255,6 +255,26 @@ class FtpSession:
                 data.unwrap()
         client.voidresp()
         return sent
+
+    @contextlib.contextmanager
+    def _aborting_on_error(self) -> Iterator[None]:
+        """A transfer left midway (full local disk, cancel, timeout) drops the control connection.
+
+        The server still owes the reply to the aborted RETR/STOR; read as the answer to the
+        next command it would put the session out of step. The next use connects afresh.
+        """
+        try:
+            yield
+        except BaseException:
+            self.abandon()
+            raise
+
+    def abandon(self) -> None:
+        """Close the sockets without a goodbye: nothing more is expected from this connection."""
+        if self.ftp is not None:
+            with contextlib.suppress(OSError):
+                self.ftp.close()
+        self.ftp = None
 
     def rename(self, source: str, target: str) -> None:
         client = self._client()
