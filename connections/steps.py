@@ -75,10 +75,23 @@ def with_retries(session: Any, retries: int, cancel: CancelToken, action: Any) -
         except TRANSIENT as error:
             if attempt >= retries:
                 raise ConnectionFailed(
-                    f"the session dropped and {retries} reconnect(s) did not help: {error}"
+                    f"the session with {where(session)} dropped and {retries} reconnect(s) did not help: "
+                    f"{describe_drop(session, error)}"
                 ) from None
             attempt += 1
             session.reconnect()
+
+
+def where(session: Any) -> str:
+    return f"{session.connection.host}:{session.connection.port}"
+
+
+def describe_drop(session: Any, error: BaseException) -> str:
+    """What ended the session, in words: a bare socket timeout says nothing by itself."""
+    if isinstance(error, TimeoutError):
+        seconds = session.connection.operation_timeout_sec
+        return f"{where(session)} sent nothing for {seconds} s (operation timeout)"
+    return str(error) or type(error).__name__
 
 
 class _RemoteStep(StepType):
