@@ -15,6 +15,7 @@ import paramiko
 from connections.errors import ConnectionFailed, RemoteFileError
 from connections.models import Connection
 from connections.transfer.base import TEMP_SUFFIX, join, matches
+from jobs.diskfull import reporting_disk_full
 from jobs.errors import StepFailed
 from jobs.paths import resolve_path
 from jobs.steps.base import CancelToken, ConfigField, StepContext, StepResult, StepType, register
@@ -74,10 +75,23 @@ def with_retries(session: Any, retries: int, cancel: CancelToken, action: Any) -
         except TRANSIENT as error:
             if attempt >= retries:
                 raise ConnectionFailed(
-                    f"the session dropped and {retries} reconnect(s) did not help: {error}"
+                    f"the session with {where(session)} dropped and {retries} reconnect(s) did not help: "
+                    f"{describe_drop(session, error)}"
                 ) from None
             attempt += 1
             session.reconnect()
+
+
+def where(session: Any) -> str:
+    return f"{session.connection.host}:{session.connection.port}"
+
+
+def describe_drop(session: Any, error: BaseException) -> str:
+    """What ended the session, in words: a bare socket timeout says nothing by itself."""
+    if isinstance(error, TimeoutError):
+        seconds = session.connection.operation_timeout_sec
+        return f"{where(session)} sent nothing for {seconds} s (operation timeout)"
+    return str(error) or type(error).__name__
 
 
 class _RemoteStep(StepType):
@@ -243,7 +257,9 @@ class _Download(_RemoteStep):
                 partial.unlink()
                 offset = 0
             if offset < entry.size or entry.size == 0:
-                with partial.open("ab") as local:
+                # A full local disk is no dropped session: no reconnect, and the partial goes,
+                # since it cannot grow and only keeps other work from the space it holds.
+                with reporting_disk_full(partial, remove=[partial], needed=entry.size), partial.open("ab") as local:
                     session.download(
                         entry.path, local, offset, lambda count: (cancel.check(), context.progress.add(count))
                     )

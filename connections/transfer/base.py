@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import posixpath
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -68,3 +69,27 @@ def matches(name: str, pattern: str | None) -> bool:
 
 def join(directory: str, name: str) -> str:
     return posixpath.join(directory or ".", name)
+
+
+class SetupDeadline:
+    """Bounds a session's set-up (greeting, handshake, login) by the connection's connect timeout.
+
+    Some waits of the protocol libraries have no limit of their own: when the time is up,
+    `interrupt` closes the connection, which wakes every one of them with an error, and
+    `expired` tells the caller that this, not the server's answer, ended the set-up.
+    """
+
+    def __init__(self, seconds: float, interrupt: Callable[[], None]) -> None:
+        self.seconds = max(seconds, 0.1)
+        self.expired = False
+        self._interrupt = interrupt
+        self._timer = threading.Timer(self.seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _expire(self) -> None:
+        self.expired = True
+        self._interrupt()
+
+    def cancel(self) -> None:
+        self._timer.cancel()

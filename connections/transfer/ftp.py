@@ -8,15 +8,17 @@ import hashlib
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 from connections.errors import AuthenticationFailed, ConnectionFailed, HostKeyRejected, HostUnreachable, RemoteFileError
 from connections.policy import refuse_insecure_trust_in_production
-from connections.transfer.base import CHUNK, RemoteFile, SessionInfo, join
+from connections.transfer.base import CHUNK, RemoteFile, SessionInfo, SetupDeadline, join
 
 IMPLICIT_TLS_PORT = 990
+# Seconds the server gets to answer QUIT: saying goodbye to a silent server must not hold up a worker.
+QUIT_TIMEOUT_SECONDS = 5
 _TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 _FIPS_CIPHERS = "ECDHE+AESGCM:ECDHE+AES:DHE+AESGCM:DHE+AES:!aNULL:!MD5:!DSS:!CHACHA20"
 
@@ -34,6 +36,7 @@ class _ReusingFtpTls(ftplib.FTP_TLS):
         if timeout != -999:
             self.timeout = timeout
         raw = socket.create_connection((host, port), self.timeout)
+        self.sock = raw  # connected: what fails from here on is the server's doing, not the network's
         self.sock = self.context.wrap_socket(raw, server_hostname=host)
         self.af = self.sock.family
         self.file = self.sock.makefile("r", encoding=self.encoding)
@@ -45,6 +48,15 @@ class _ReusingFtpTls(ftplib.FTP_TLS):
         if self._prot_p:
             conn = self.context.wrap_socket(conn, server_hostname=self.host, session=self.sock.session)
         return conn, size
+
+
+def _interrupt(sock: socket.socket | None) -> None:
+    """Wake a thread blocked on sock, from another thread: shutdown, unlike close, reaches a blocked recv."""
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            # The plain socket's shutdown: SSLSocket's own would drop its TLS state under the
+            # reading thread's feet.
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 def tls_context(connection: Any, fips: bool) -> ssl.SSLContext:
@@ -93,6 +105,7 @@ class FtpSession:
         self.password = password
         self.fips = fips
         self.ftp: ftplib.FTP | None = None
+        self.transfer: socket.socket | None = None  # the data connection of the running transfer
         self.info = SessionInfo()
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.connect()
@@ -111,11 +124,21 @@ class FtpSession:
             client.implicit = connection.port == IMPLICIT_TLS_PORT
         else:
             client = ftplib.FTP(timeout=connection.operation_timeout_sec)
+        # connect_timeout_seconds bounds the whole set-up, greeting, TLS and login included;
+        # afterwards the server gets operation_timeout_seconds for every answer.
+        deadline = SetupDeadline(connection.connect_timeout_sec, lambda: _interrupt(client.sock))
         try:
             banner = client.connect(connection.host, connection.port, timeout=connection.connect_timeout_sec)
         except ssl.SSLError as error:
+            deadline.cancel()
+            client.close()
             raise ConnectionFailed(f"TLS handshake with {connection.host}:{connection.port} failed: {error}") from None
-        except (TimeoutError, ConnectionRefusedError, socket.gaierror, OSError) as error:
+        except (TimeoutError, ConnectionRefusedError, socket.gaierror, OSError, EOFError) as error:
+            deadline.cancel()
+            connected = client.sock is not None
+            client.close()
+            if connected:  # the server took the connection, then did not greet
+                raise self._stalled("the greeting") from None
             raise HostUnreachable(
                 f"cannot reach {connection.host}:{connection.port} ({type(error).__name__}); "
                 "check host, port and firewall"
@@ -144,9 +167,27 @@ class FtpSession:
         except HostKeyRejected:
             client.close()
             raise
+        except (OSError, EOFError) as error:  # timeouts, or closed by the deadline
+            client.close()
+            if deadline.expired or isinstance(error, TimeoutError):
+                raise self._stalled("TLS and login") from None
+            raise ConnectionFailed(f"{connection.host}:{connection.port} closed the connection ({error})") from None
+        finally:
+            deadline.cancel()
+        if deadline.expired:  # it struck just as the set-up ended
+            client.close()
+            raise self._stalled("TLS and login")
+        client.sock.settimeout(connection.operation_timeout_sec)
         self.ftp = client
         self.info = SessionInfo(
             latency_ms=round((time.monotonic() - started) * 1000, 1), banner=banner, details=details
+        )
+
+    def _stalled(self, phase: str) -> ConnectionFailed:
+        connection = self.connection
+        return ConnectionFailed(
+            f"{connection.host}:{connection.port} did not complete {phase} within {connection.connect_timeout_sec} s "
+            "(connect timeout): the server accepted the connection but stopped answering"
         )
 
     def _check_certificate(self, details: dict[str, Any]) -> None:
@@ -169,13 +210,18 @@ class FtpSession:
         self.events.append(("reconnected", {"host": self.connection.host}))
 
     def close(self) -> None:
-        if self.ftp is not None:
+        # A step thread left blocked on a silent data connection (its execution gave up on it)
+        # wakes up and ends instead of waiting out the operation timeout.
+        _interrupt(self.transfer)
+        client, self.ftp = self.ftp, None  # that woken thread may abandon the session meanwhile
+        if client is not None:
             try:
-                self.ftp.quit()
+                if client.sock is not None:  # a silent server must not hold up the goodbye
+                    client.sock.settimeout(min(QUIT_TIMEOUT_SECONDS, self.connection.operation_timeout_sec))
+                client.quit()
             except (ftplib.Error, OSError, EOFError):  # a dead control connection cannot say goodbye
                 with contextlib.suppress(OSError):
-                    self.ftp.close()
-        self.ftp = None
+                    client.close()
 
     def _client(self) -> ftplib.FTP:
         if self.ftp is None:
@@ -223,7 +269,7 @@ class FtpSession:
         client = self._client()
         client.voidcmd("TYPE I")
         received = 0
-        with client.transfercmd(f"RETR {remote}", rest=offset or None) as data:
+        with self._aborting_on_error(), self._transfer(client, f"RETR {remote}", offset) as data:
             # A buffered reader gathers the 16 KiB TLS records into 1 MiB blocks in C, instead
             # of one Python round per record.
             with data.makefile("rb", buffering=CHUNK) as stream:
@@ -243,7 +289,7 @@ class FtpSession:
         client = self._client()
         client.voidcmd("TYPE I")
         sent = 0
-        with client.transfercmd(f"STOR {remote}") as data:
+        with self._aborting_on_error(), self._transfer(client, f"STOR {remote}") as data:
             while True:
                 block = local_file.read(CHUNK)
                 if not block:
@@ -255,6 +301,38 @@ class FtpSession:
                 data.unwrap()
         client.voidresp()
         return sent
+
+    @contextlib.contextmanager
+    def _transfer(self, client: ftplib.FTP, command: str, offset: int = 0) -> Iterator[socket.socket]:
+        """The data connection of one transfer: the operation timeout applies, and close() can interrupt it."""
+        data = client.transfercmd(command, rest=offset or None)
+        data.settimeout(self.connection.operation_timeout_sec)
+        self.transfer = data
+        try:
+            with data:
+                yield data
+        finally:
+            self.transfer = None
+
+    @contextlib.contextmanager
+    def _aborting_on_error(self) -> Iterator[None]:
+        """A transfer left midway (full local disk, cancel, timeout) drops the control connection.
+
+        The server still owes the reply to the aborted RETR/STOR; read as the answer to the
+        next command it would put the session out of step. The next use connects afresh.
+        """
+        try:
+            yield
+        except BaseException:
+            self.abandon()
+            raise
+
+    def abandon(self) -> None:
+        """Close the sockets without a goodbye: nothing more is expected from this connection."""
+        client, self.ftp = self.ftp, None
+        if client is not None:
+            with contextlib.suppress(OSError):
+                client.close()
 
     def rename(self, source: str, target: str) -> None:
         client = self._client()

@@ -22,7 +22,7 @@ from connections.errors import (
     HostUnreachable,
     RemoteFileError,
 )
-from connections.transfer.base import CHUNK, RemoteFile, SessionInfo, join
+from connections.transfer.base import CHUNK, RemoteFile, SessionInfo, SetupDeadline, join
 
 # FIPS 140 approved choices (SPEC 5); a connection's fips_override lifts them.
 FIPS_ALGORITHMS = {
@@ -111,9 +111,16 @@ class SftpSession:
                 "check host, port and firewall"
             ) from None
         transport = paramiko.Transport(sock)
+        # connect_timeout_seconds bounds the whole set-up, from the TCP connect to the SFTP
+        # subsystem. Some of paramiko's waits have no limit (the subsystem request) or one of
+        # their own: those stay above it, and at the deadline the transport is closed, which
+        # wakes whatever it waits on.
+        for limit in ("banner_timeout", "handshake_timeout", "auth_timeout", "channel_timeout"):
+            setattr(transport, limit, connection.connect_timeout_sec + 5)
+        deadline = SetupDeadline(connection.connect_timeout_sec - (time.monotonic() - started), transport.close)
         try:
             restrict_algorithms(transport, connection.ssh_algorithms, self.fips)
-            transport.start_client(timeout=connection.connect_timeout_sec)
+            transport.start_client()
             key = transport.get_remote_server_key()
             offered = hostkeys.fingerprint(key.asbytes())
             if self.trusted_fingerprint is None:
@@ -125,15 +132,14 @@ class SftpSession:
             transport.set_keepalive(connection.keepalive_interval_sec)
             sftp = paramiko.SFTPClient.from_transport(transport)
             sftp.get_channel().settimeout(connection.operation_timeout_sec)
-        except (HostKeyRejected, AuthenticationFailed, ConnectionFailed, ConnectionPolicyRefused):
+        except Exception as error:
             transport.close()
-            raise
-        except paramiko.SSHException as error:
+            raise self._setup_error(error, deadline) from None
+        finally:
+            deadline.cancel()
+        if deadline.expired:  # it struck just as the set-up ended, and closed the transport
             transport.close()
-            raise ConnectionFailed(f"SSH session with {connection.host}:{connection.port} failed: {error}") from None
-        except (EOFError, OSError) as error:
-            transport.close()
-            raise ConnectionFailed(f"{connection.host}:{connection.port} closed the connection ({error})") from None
+            raise self._setup_error(TimeoutError(), deadline)
         self.transport, self.sftp = transport, sftp
         options = transport.get_security_options()
         self.info = SessionInfo(
@@ -147,6 +153,23 @@ class SftpSession:
                 "kex_offered": list(options.kex),
             },
         )
+
+    def _setup_error(self, error: Exception, deadline: SetupDeadline) -> Exception:
+        """What a failed set-up reports; past the deadline, a timeout whatever the interrupted wait made of it."""
+        connection = self.connection
+        where = f"{connection.host}:{connection.port}"
+        if deadline.expired:  # even "authentication failed": paramiko's reading of a closed transport
+            return ConnectionFailed(
+                f"{where} did not complete the SSH session set-up within {connection.connect_timeout_sec} s "
+                "(connect timeout): the server accepted the connection but stopped answering"
+            )
+        if isinstance(error, (HostKeyRejected, AuthenticationFailed, ConnectionFailed, ConnectionPolicyRefused)):
+            return error
+        if isinstance(error, paramiko.SSHException):
+            return ConnectionFailed(f"SSH session with {where} failed: {error}")
+        if isinstance(error, (EOFError, OSError)):
+            return ConnectionFailed(f"{where} closed the connection ({error})")
+        return error
 
     def _authenticate(self, transport: paramiko.Transport) -> None:
         connection, username = self.connection, self.connection.username

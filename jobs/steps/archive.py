@@ -26,6 +26,7 @@ import py7zr
 import pyzipper
 from py7zr.io import Py7zIO, WriterFactory
 
+from jobs.diskfull import is_disk_full, reporting_disk_full
 from jobs.errors import ArchiveError, HostileArchive, StepFailed
 from jobs.paths import resolve_path
 from jobs.steps import archive_guard as guard
@@ -72,7 +73,8 @@ def _move_into_place(built: Path, target: Path) -> None:
         os.replace(built, target)
     except OSError:  # another file system: copy beside the target, then rename there
         temporary = target.with_name(f".{target.name}.courier-tmp")
-        shutil.copyfile(built, temporary)
+        with reporting_disk_full(target, remove=[temporary], needed=built.stat().st_size):
+            shutil.copyfile(built, temporary)
         os.replace(temporary, target)
         built.unlink()
 
@@ -134,7 +136,8 @@ class ZipStep(StepType):
         built = context.work_dir / f"{BUILD_PREFIX}{uuid.uuid4().hex}"
         try:
             builders = {"zip": self._zip, "tar": self._tar, "tar.gz": self._tar, "gzip": self._gzip, "7z": self._7z}
-            builders[archive_format](built, entries, config, context, cancel)
+            with reporting_disk_full(built, remove=[built]):
+                builders[archive_format](built, entries, config, context, cancel)
             parts = self._split(built, target, config.get("split_max_size_mb"))
             if not parts:
                 _move_into_place(built, target)
@@ -198,7 +201,7 @@ class ZipStep(StepType):
             return []
         limit = max_mb * 1024 * 1024
         target.parent.mkdir(parents=True, exist_ok=True)
-        parts = []
+        parts: list[str] = []
         with built.open("rb") as data:
             number = 1
             while True:
@@ -207,7 +210,9 @@ class ZipStep(StepType):
                     break
                 part = target.with_name(f"{target.name}.{number:03d}")
                 temporary = part.with_name(f".{part.name}.courier-tmp")
-                temporary.write_bytes(chunk)
+                # Half a split archive is no archive: the parts written so far go too.
+                with reporting_disk_full(part, remove=[temporary, *map(Path, parts)], needed=built.stat().st_size):
+                    temporary.write_bytes(chunk)
                 os.replace(temporary, part)
                 parts.append(str(part))
                 number += 1
@@ -333,7 +338,9 @@ class UnzipStep(StepType):
                     "gzip": self._gzip,
                     "7z": self._7z,
                 }
-                extractors[archive_format](archive, staging.resolve(), config, budget)
+                # The staging folder, removed below, holds all there is of a half-done extraction.
+                with reporting_disk_full(output):
+                    extractors[archive_format](archive, staging.resolve(), config, budget)
                 guard.sweep(staging.resolve())
                 files = self._publish(staging, output, config.get("overwrite", True))
             finally:
@@ -421,6 +428,8 @@ class UnzipStep(StepType):
                     with data:
                         guard.stream_entry(data, target, member.name, None, budget)
         except (tarfile.TarError, EOFError, OSError) as error:
+            if is_disk_full(error):
+                raise  # our disk, not the archive
             raise ArchiveError(f"{archive.name} is corrupt: {error}") from None
 
     def _gzip(self, archive: Path, root: Path, config: dict[str, Any], budget: guard.ExtractionBudget) -> None:
@@ -430,6 +439,8 @@ class UnzipStep(StepType):
             with gzip.open(archive, "rb") as data:
                 guard.stream_entry(data, guard.safe_member_path(root, name), name, None, budget)
         except (OSError, EOFError) as error:
+            if is_disk_full(error):
+                raise  # our disk, not the archive
             raise ArchiveError(f"{archive.name} is corrupt: {error}") from None
 
     def _7z(self, archive: Path, root: Path, config: dict[str, Any], budget: guard.ExtractionBudget) -> None:
@@ -454,6 +465,8 @@ class UnzipStep(StepType):
         except py7zr.exceptions.PasswordRequired:
             raise ArchiveError(f"{archive.name}: the archive is encrypted and no password was given") from None
         except Exception as error:  # py7zr reports a wrong password as a CRC or decompression error
+            if is_disk_full(error):
+                raise  # our disk, not the archive
             message = "wrong password or corrupt archive" if password else "corrupt archive"
             raise ArchiveError(f"{archive.name}: {message} ({type(error).__name__})") from None
 

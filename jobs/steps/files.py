@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from jobs.diskfull import reporting_disk_full
 from jobs.errors import StepFailed
 from jobs.paths import expand, has_glob, resolve_path
 from jobs.steps.base import CancelToken, ConfigField, StepContext, StepResult, StepType, as_list, iter_chunks, register
@@ -54,19 +55,20 @@ def plan_targets(sources: list[Path], destination: str, context: StepContext) ->
 def copy_file(source: Path, target: Path, context: StepContext, cancel: CancelToken) -> int:
     """Stream source to a temporary name beside target, then rename it into place atomically."""
     copied = 0
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".courier-tmp", dir=target.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as output, source.open("rb") as data:
-            for chunk in iter_chunks(data, cancel, CHUNK):
-                output.write(chunk)
-                copied += len(chunk)
-                context.progress.add(len(chunk))
-        shutil.copystat(source, temporary)
-        os.replace(temporary, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
+    with reporting_disk_full(target, needed=source.stat().st_size):
+        descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".courier-tmp", dir=target.parent)
+        try:
+            with os.fdopen(descriptor, "wb") as output, source.open("rb") as data:
+                for chunk in iter_chunks(data, cancel, CHUNK):
+                    output.write(chunk)
+                    copied += len(chunk)
+                    context.progress.add(len(chunk))
+            shutil.copystat(source, temporary)
+            os.replace(temporary, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+            raise
     return copied
 
 
