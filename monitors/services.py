@@ -18,9 +18,17 @@ from django.utils import timezone
 
 from audit.models import AuditLogEntry
 from audit.querysets import actor_name
+from connections.errors import AuthenticationFailed
+from connections.models import Connection
+from connections.transfer.sessions import open_session
+from courier_site import heartbeats
 from courier_site.errors import CourierError
+from jobs import chains
+from jobs.engine import control
+from jobs.errors import PathNotAllowed
 from monitors import detection
 from monitors.models import FileMonitor, MonitorDirectoryState, MonitorFileLog, MonitorJobBinding
+from system.values import setting_int
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +102,6 @@ def check_local_path(path: str) -> Path:
     A relative path is taken inside COURIER_DATA_DIR: resolved against the working directory
     it would mean another folder in the web, worker and watcher processes.
     """
-    from jobs.errors import PathNotAllowed
 
     resolved = (Path(settings.COURIER_DATA_DIR) / path).resolve()
     if not any(resolved == root or root in resolved.parents for root in allowed_roots()):
@@ -103,8 +110,6 @@ def check_local_path(path: str) -> Path:
 
 
 def usable_connection(connection_id: str) -> Any:
-    from connections.models import Connection
-
     try:
         found = Connection.objects.get(pk=uuid.UUID(str(connection_id)))
     except (ValueError, Connection.DoesNotExist):
@@ -155,8 +160,6 @@ def list_target(monitor: FileMonitor) -> list[detection.ListedFile]:
 
 
 def _list_remote(target: Target) -> list[detection.ListedFile]:
-    from connections.transfer.sessions import open_session
-
     found = usable_connection(target.connection_id)
     session = open_session(found, by="monitor")
     try:
@@ -306,8 +309,6 @@ def _trigger(
 
     Returns the executions started and the paths of files no binding could run for.
     """
-    from jobs import chains
-    from jobs.engine import control
 
     groups = [triggered] if monitor.batch_mode else [[item] for item in triggered]
     bindings = list(MonitorJobBinding.objects.filter(monitor=monitor).select_related("job", "chain"))
@@ -383,7 +384,6 @@ def _trigger(
 
 def _record_failure(monitor_id: Any, error: BaseException) -> PollResult:
     """Count a failed poll; an authentication failure, or max_consecutive_failures in a row, means error."""
-    from connections.errors import AuthenticationFailed
 
     message = str(error) if isinstance(error, CourierError) else f"[E5001] {error.__class__.__name__}: {error}"
     with transaction.atomic():
@@ -492,7 +492,6 @@ def set_watcher_state(monitor_id: Any, watching: bool, *, reason: str = "") -> N
 
 def degrade_unwatched() -> int:
     """Local monitors show degraded (scan only) while no watcher process reports a heartbeat."""
-    from courier_site import heartbeats
 
     newest = heartbeats.newest("watcher")
     if newest is not None and heartbeats.is_fresh(newest[1]):
@@ -511,7 +510,6 @@ def degrade_unwatched() -> int:
 
 def prune_file_log(now: Any = None) -> int:
     """Delete file log rows older than monitor.file_log_retention_days."""
-    from system.values import setting_int
 
     days = setting_int("monitor.file_log_retention_days", 30)
     cutoff = (now or timezone.now()) - timedelta(days=days)

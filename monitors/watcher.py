@@ -13,6 +13,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from monitors import services
+from monitors.models import FileMonitor
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,6 @@ class MonitorWatcher:
 
     def refresh(self) -> None:
         """Watch the directories of local polling monitors; stop watching the others."""
-        from monitors.models import FileMonitor
 
         wanted: dict[str, str] = {}
         degraded: set[str] = set()
