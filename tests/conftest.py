@@ -13,6 +13,7 @@ from django.db import connection
 from psycopg import sql
 
 from courier_site.db import conninfo_for
+from tests.celery_support import LiveDatabase, live_database
 
 
 def _private_broker() -> str:
@@ -56,6 +57,13 @@ def scratch_database(django_db_blocker) -> Iterator[str]:
     finally:
         with psycopg.connect(admin_conninfo, autocommit=True) as admin:
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="module")
+def live(django_db_setup: Any, django_db_blocker: Any) -> Iterator[LiveDatabase]:
+    """A database of the test module's own, migrated by `manage.py migrate`, for real worker processes."""
+    with django_db_blocker.unblock(), live_database() as database:
+        yield database
 
 
 @pytest.fixture(scope="session")

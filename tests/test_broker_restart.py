@@ -13,16 +13,10 @@ from typing import Any
 import pytest
 import redis
 
-from tests.celery_support import ROOT, CeleryCluster, LiveDatabase, celery_command, live_database, wait_for
+from tests.celery_support import ROOT, CeleryCluster, LiveDatabase, celery_command, wait_for
 from tests.fault_support import RedisServer, point_app_at, runs_counted
 
 pytestmark = pytest.mark.celery
-
-
-@pytest.fixture(scope="module")
-def live(django_db_setup: Any, django_db_blocker: Any) -> Iterator[LiveDatabase]:
-    with django_db_blocker.unblock(), live_database() as database:
-        yield database
 
 
 @pytest.fixture

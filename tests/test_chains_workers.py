@@ -5,22 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
-from tests.celery_support import ROOT, CeleryCluster, LiveDatabase, live_database, wait_for
+from tests.celery_support import ROOT, CeleryCluster, LiveDatabase, wait_for
 
 pytestmark = pytest.mark.celery
-
-
-@pytest.fixture(scope="module")
-def live(django_db_setup: Any, django_db_blocker: Any) -> Iterator[LiveDatabase]:
-    with django_db_blocker.unblock(), live_database() as database:
-        yield database
 
 
 @pytest.fixture

@@ -15,19 +15,13 @@ from typing import Any
 import pytest
 import redis
 
-from tests.celery_support import CeleryCluster, LiveDatabase, live_database, wait_for
+from tests.celery_support import CeleryCluster, LiveDatabase, wait_for
 from tests.fault_support import two_beats_fire_every_instant_once
 
 pytestmark = pytest.mark.celery
 
 # The soak benchmark runs the same scenario for two minutes; CI keeps to well under one.
 BEAT_SECONDS = 36
-
-
-@pytest.fixture(scope="module")
-def live(django_db_setup: Any, django_db_blocker: Any) -> Iterator[LiveDatabase]:
-    with django_db_blocker.unblock(), live_database() as database:
-        yield database
 
 
 @pytest.fixture

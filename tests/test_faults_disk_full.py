@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.celery_support import CeleryCluster, LiveDatabase, live_database, wait_for
+from tests.celery_support import CeleryCluster, LiveDatabase, wait_for
 from tests.servers import FtpServer, SshServer, ftp_server, sftp_connection, sftp_folder, ssh_server
 
 pytestmark = pytest.mark.celery
@@ -54,12 +54,6 @@ def tmpfs(path: Path, size_mb: int) -> Iterator[Path]:
     finally:
         if subprocess.run(["umount", str(path)], check=False).returncode != 0:
             subprocess.run(["umount", "-l", str(path)], check=False)  # lazily, when something still holds it
-
-
-@pytest.fixture(scope="module")
-def live(django_db_setup: Any, django_db_blocker: Any) -> Iterator[LiveDatabase]:
-    with django_db_blocker.unblock(), live_database() as database:
-        yield database
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import redis
 
 from jobs.engine import control
 from jobs.models import JobExecution, StepExecution
-from tests.celery_support import CeleryCluster, LiveDatabase, live_database, wait_for
+from tests.celery_support import CeleryCluster, LiveDatabase, wait_for
 from tests.engine_support import make_job
 from tests.fault_support import runs_counted
 
@@ -21,12 +21,6 @@ pytestmark = pytest.mark.celery
 
 HEARTBEAT_TIMEOUT = 3  # COURIER_HEARTBEAT_TIMEOUT of the test workers (tests/celery_support.py)
 RETRY_STEP = {"type": "retry_step", "max_retries": 1, "backoff_base_seconds": 0, "backoff_max_seconds": 0}
-
-
-@pytest.fixture(scope="module")
-def live(django_db_setup: Any, django_db_blocker: Any) -> Iterator[LiveDatabase]:
-    with django_db_blocker.unblock(), live_database() as database:
-        yield database
 
 
 @pytest.fixture

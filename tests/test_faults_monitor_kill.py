@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from monitors import services
-from tests.celery_support import CeleryCluster, LiveDatabase, WorkerProcess, live_database, wait_for
+from tests.celery_support import CeleryCluster, LiveDatabase, WorkerProcess, wait_for
 from tests.engine_support import make_job
 from tests.test_monitors_support import bind, drop, make_monitor
 
@@ -28,12 +28,6 @@ DRIP_SECONDS = 0.15  # a fresh file this often while processes are being killed
 # What an operator may expect once the processes are back: a watcher poll after the
 # stability window, or at worst the scan one polling interval after its claim.
 CATCH_UP_BOUND = 35
-
-
-@pytest.fixture(scope="module")
-def live(django_db_setup: Any, django_db_blocker: Any) -> Iterator[LiveDatabase]:
-    with django_db_blocker.unblock(), live_database() as database:
-        yield database
 
 
 @pytest.fixture

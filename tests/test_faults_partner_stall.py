@@ -19,7 +19,7 @@ import pytest
 import redis
 from pyftpdlib.handlers import TLS_DTPHandler, TLS_FTPHandler
 
-from tests.celery_support import CeleryCluster, LiveDatabase, live_database, wait_for
+from tests.celery_support import CeleryCluster, LiveDatabase, wait_for
 from tests.servers import FtpServer, SshServer, ftp_server, sftp_folder, ssh_server
 
 pytestmark = pytest.mark.celery
@@ -145,12 +145,6 @@ def stalling_data_handler(stall_after: int) -> type:
             super().close()
 
     return StallingDTP
-
-
-@pytest.fixture(scope="module")
-def live(django_db_setup: Any, django_db_blocker: Any) -> Iterator[LiveDatabase]:
-    with django_db_blocker.unblock(), live_database() as database:
-        yield database
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from connections.transfer.base import TEMP_SUFFIX
 from jobs.engine import control
 from jobs.models import JobExecution
 from keystore.services import generate_pgp_key
-from tests.celery_support import CeleryCluster, LiveDatabase, WorkerProcess, live_database, wait_for
+from tests.celery_support import CeleryCluster, LiveDatabase, WorkerProcess, wait_for
 from tests.engine_support import make_job
 from tests.servers import SFTP_USER, SshServer, sftp_connection, sftp_folder, ssh_server
 
@@ -99,12 +99,6 @@ class SlowLink:
         for end in self.sockets:
             with suppress(OSError):
                 end.close()
-
-
-@pytest.fixture(scope="module")
-def live(django_db_setup: Any, django_db_blocker: Any) -> Iterator[LiveDatabase]:
-    with django_db_blocker.unblock(), live_database() as database:
-        yield database
 
 
 @pytest.fixture(scope="module")

@@ -9,21 +9,14 @@ import sys
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
 
 from courier_site.partitions import month_start
-from tests.celery_support import ROOT, CeleryCluster, LiveDatabase, live_database, private_broker_url, wait_for
+from tests.celery_support import ROOT, CeleryCluster, LiveDatabase, private_broker_url, wait_for
 
 pytestmark = pytest.mark.celery
-
-
-@pytest.fixture(scope="module")
-def live(django_db_setup: Any, django_db_blocker: Any) -> Iterator[LiveDatabase]:
-    with django_db_blocker.unblock(), live_database() as database:
-        yield database
 
 
 @pytest.fixture
