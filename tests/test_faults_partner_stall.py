@@ -269,24 +269,13 @@ def assert_failed_in_time(outcome: dict[str, Any], code: str, timeout: float, *p
     assert timeout * 0.9 <= outcome["seconds"] <= timeout + SLACK_SECONDS, outcome
 
 
-def test_an_sftp_server_that_accepts_and_never_greets_fails_with_e3000_within_the_connect_timeout(
-    cluster: CeleryCluster, silent: SilentServer
+@pytest.mark.parametrize("protocol", ["sftp", "ftps"])
+def test_a_server_that_accepts_and_never_greets_fails_with_e3000_within_the_connect_timeout(
+    cluster: CeleryCluster, silent: SilentServer, protocol: str
 ) -> None:
-    connection = partner("sftp", silent.port, connect=3, operation=60)
+    connection = partner(protocol, silent.port, connect=3, operation=60)
 
-    outcome = run(cluster.database, [("sftp.list", {"connection_id": str(connection.pk), "remote_path": "."})])
-
-    assert_failed_in_time(outcome, "E3000", 3, f"127.0.0.1:{silent.port}", "within 3 s (connect timeout)")
-    wait_for(lambda: silent.closed_by_client == silent.accepted == 1, 5, "the worker to hang up on the partner")
-    assert_worker_free(cluster.database, outcome)
-
-
-def test_an_ftps_server_that_accepts_and_never_greets_fails_with_e3000_within_the_connect_timeout(
-    cluster: CeleryCluster, silent: SilentServer
-) -> None:
-    connection = partner("ftps", silent.port, connect=3, operation=60)
-
-    outcome = run(cluster.database, [("ftps.list", {"connection_id": str(connection.pk), "remote_path": "."})])
+    outcome = run(cluster.database, [(f"{protocol}.list", {"connection_id": str(connection.pk), "remote_path": "."})])
 
     assert_failed_in_time(outcome, "E3000", 3, f"127.0.0.1:{silent.port}", "within 3 s (connect timeout)")
     wait_for(lambda: silent.closed_by_client == silent.accepted == 1, 5, "the worker to hang up on the partner")
