@@ -133,6 +133,9 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 LOGIN_URL = "admin:login"
+# A sign-in from the bare login page (a bookmark, a link in a notification) lands on the
+# dashboard, not on Django's default /accounts/profile/, which Courier does not serve.
+LOGIN_REDIRECT_URL = "admin:index"
 
 SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=IS_PRODUCTION)
 CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=IS_PRODUCTION)

@@ -13,6 +13,7 @@ from django.db import connection
 from psycopg import sql
 
 from courier_site.db import conninfo_for
+from tests.browser_support import _fresh_screenshot_folder, browser  # noqa: F401 (fixtures for test_browser_*)
 from tests.celery_support import LiveDatabase, live_database
 
 
@@ -114,3 +115,11 @@ def _empty_courier_tables_after_transactional_tests(
         return
     with django_db_blocker.unblock(), connection.cursor() as cursor:
         truncate_courier_tables(cursor)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[Any]:
+    """Keep each phase's report on the test item, so fixtures (browser screenshots) can see a failure."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
