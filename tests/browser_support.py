@@ -34,9 +34,12 @@ def chromium_or_skip() -> None:
     assert not missing, f"the browser tests need {', '.join(missing)}"
 
 
-def start_chromium() -> WebDriver:
+def start_chromium(downloads: Path) -> WebDriver:
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
+    options.add_experimental_option(
+        "prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False}
+    )
     # Tests run as root in CI, where chromium's sandbox cannot start; /dev/shm is small there.
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,800"):
         options.add_argument(argument)
@@ -45,9 +48,17 @@ def start_chromium() -> WebDriver:
 
 
 @pytest.fixture
-def browser(request: pytest.FixtureRequest) -> Iterator[WebDriver]:
+def downloads(tmp_path: Path) -> Path:
+    """Where the browser saves what a test downloads."""
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def browser(request: pytest.FixtureRequest, downloads: Path) -> Iterator[WebDriver]:
     chromium_or_skip()
-    driver = start_chromium()
+    driver = start_chromium(downloads)
     try:
         yield driver
     finally:
@@ -71,6 +82,16 @@ def console_user(django_user_model: Any, username: str, role: str) -> Any:
 
 def wait(driver: WebDriver) -> WebDriverWait:
     return WebDriverWait(driver, WAIT_SECONDS)
+
+
+def downloaded(folder: Path, suffix: str) -> Path:
+    """The one finished download ending in suffix, once the browser has written it."""
+
+    def finished(_driver: Any) -> Path | None:
+        found = [path for path in folder.iterdir() if path.name.endswith(suffix)]
+        return found[0] if len(found) == 1 else None
+
+    return WebDriverWait(None, WAIT_SECONDS).until(finished)
 
 
 def submit_sign_in(driver: WebDriver, base_url: str, username: str, password: str) -> None:

@@ -13,7 +13,7 @@ from django.db import connection
 from psycopg import sql
 
 from courier_site.db import conninfo_for
-from tests.browser_support import _fresh_screenshot_folder, browser  # noqa: F401 (fixtures for test_browser_*)
+from tests.browser_support import _fresh_screenshot_folder, browser, downloads  # noqa: F401 (fixtures for test_browser_*)
 from tests.celery_support import LiveDatabase, live_database
 
 
