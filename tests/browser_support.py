@@ -56,8 +56,10 @@ def downloads(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def browser(request: pytest.FixtureRequest, downloads: Path) -> Iterator[WebDriver]:
+def browser(request: pytest.FixtureRequest, downloads: Path, settings: Any) -> Iterator[WebDriver]:
     chromium_or_skip()
+    # The live server runs in the test's process: a fast hasher makes its sign-ins quick too.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     driver = start_chromium(downloads)
     try:
         yield driver

@@ -19,11 +19,6 @@ from tests.browser_support import console_user, downloaded, sign_in, wait
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture(autouse=True)
-def fast_hashing(settings) -> None:
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 def _body(driver: WebDriver) -> str:
     return driver.find_element(By.TAG_NAME, "body").text
 

@@ -19,11 +19,6 @@ from tests.browser_support import console_user, downloaded, sign_in, wait
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture(autouse=True)
-def fast_hashing(settings) -> None:
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 def test_an_admin_generates_a_pgp_key_and_downloads_its_public_half(
     browser: WebDriver, live_server: Any, django_user_model, downloads: Path
 ) -> None:

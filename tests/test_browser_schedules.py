@@ -17,11 +17,6 @@ from tests.engine_support import make_job
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture(autouse=True)
-def fast_hashing(settings) -> None:
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 def test_a_schedule_with_a_bad_cron_expression_shows_e2012_and_is_not_saved(
     browser: WebDriver, live_server: Any, django_user_model
 ) -> None:

@@ -17,9 +17,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture(autouse=True)
-def fast_hashing(settings) -> None:
-    # The live server runs in this process, so the faster hasher applies to its sign-ins too.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+def lockout_limits(settings) -> None:
     settings.COURIER_LOGIN_MAX_FAILURES = 5
     settings.COURIER_LOGIN_LOCKOUT_MINUTES = 15
 
