@@ -27,6 +27,7 @@ from unfold.widgets import UnfoldAdminTextInputWidget
 from audit.models import AuditLogEntry, DomainEvent
 from audit.querysets import entity_uuid
 from courier_site.admin_base import ReadOnlyAdmin
+from courier_site.badges import badge
 from jobs.redaction import redact
 
 # Stable code of every refused console filter value (bad JSON, bad date, unknown type).
@@ -342,12 +343,60 @@ class AuditLogEntryAdmin(TimeBoundedAdmin):
         return response
 
 
+class RelayStateFilter(admin.SimpleListFilter):
+    title = "relay"
+    parameter_name = "relay"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("waiting", "waiting"), ("retrying", "retrying after an error"), ("failed", "failed (given up)")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        value = self.value()
+        if value == "waiting":
+            return queryset.filter(processed_at__isnull=True)
+        if value == "retrying":
+            return queryset.filter(processed_at__isnull=True, relay_attempts__gt=0)
+        if value == "failed":
+            return queryset.filter(relay_failed_at__isnull=False)
+        return queryset
+
+
 @admin.register(DomainEvent)
 class DomainEventAdmin(TimeBoundedAdmin):
-    list_display = ("occurred_at", "event_type", "entity_type", "entity_id", "processed_at")
-    list_filter = (OccurredAtFilter, EntityTypeFilter, EntityIdFilter, EventTypeFilter)
+    list_display = ("occurred_at", "event_type", "entity_type", "entity_id", "relay_state", "processed_at")
+    list_filter = (OccurredAtFilter, EntityTypeFilter, EntityIdFilter, EventTypeFilter, RelayStateFilter)
     search_fields = ("=entity_id", "event_type")
     ordering = ("-occurred_at",)
+    actions = ("relay_again",)
+
+    @admin.display(description="relay")
+    def relay_state(self, event: DomainEvent) -> str:
+        if event.relay_failed_at:
+            return badge(f"failed after {event.relay_attempts} tries", "bad", event.relay_error or "")
+        if event.processed_at:
+            return badge("handled", "good")
+        if event.relay_attempts:
+            return badge(f"retrying ({event.relay_attempts} failed)", "wait", event.relay_error or "")
+        return badge("waiting", "idle")
+
+    def has_relay_again_permission(self, request: HttpRequest) -> bool:
+        return request.user.is_superuser or request.user.groups.filter(name="Admin").exists()
+
+    @admin.action(description="Relay the selected failed events again", permissions=["relay_again"])
+    def relay_again(self, request: HttpRequest, queryset: QuerySet) -> None:
+        ids = list(queryset.filter(relay_failed_at__isnull=False).values_list("id", flat=True))
+        count = DomainEvent.objects.filter(id__in=ids).update(
+            processed_at=None, processed_by=None, relay_failed_at=None, relay_retry_at=None, relay_attempts=0
+        )
+        for event_id in ids:
+            AuditLogEntry.objects.record(
+                entity_type="system",
+                entity_id="event-relay",
+                operation="event_relayed_again",
+                performed_by=request.user,
+                details={"event_id": str(event_id)},
+            )
+        messages.info(request, f"{count} failed events queued for the relay again.")
 
 
 # ----------------------------------------------------------------- CSV

@@ -31,6 +31,8 @@ class AuditLogEntry(models.Model):
         SYSTEM_SETTING = "system_setting"
         USER = "user"
         SYSTEM = "system"
+        NOTIFICATION_CHANNEL = "notification_channel"
+        NOTIFICATION_RULE = "notification_rule"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     entity_type = models.TextField(choices=EntityType.choices)
@@ -62,6 +64,10 @@ class DomainEvent(models.Model):
     occurred_at = models.DateTimeField(db_default=Now(), editable=False)
     processed_at = models.DateTimeField(null=True, blank=True)
     processed_by = models.TextField(null=True, blank=True)
+    relay_attempts = models.IntegerField(default=0, help_text="Tries of its handling that failed.")
+    relay_error = models.TextField(null=True, blank=True, help_text="Why its last handling failed.")
+    relay_retry_at = models.DateTimeField(null=True, blank=True, help_text="When the relay tries it again.")
+    relay_failed_at = models.DateTimeField(null=True, blank=True, help_text="When the relay gave up on it.")
 
     objects = DomainEventQuerySet.as_manager()
 

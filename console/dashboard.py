@@ -12,10 +12,12 @@ from django.db.models.functions import Coalesce, TruncDate
 from django.urls import reverse
 from django.utils import timezone
 
-from courier_site.health import partition_report
+from audit import relay
+from courier_site.health import RELAY_LAG_WARNING_SECONDS, partition_report
 from jobs.models import JobExecution
 from keystore.models import PgpKey
 from monitors.models import FileMonitor
+from notifications.models import Delivery
 from system.values import setting_int
 
 # job_executions is partitioned by created_at and can hold millions of rows: every
@@ -56,7 +58,19 @@ def gather(now: datetime | None = None) -> dict[str, Any]:
         "monitors": monitors_by_state(),
         "expiring_keys": expiring_keys(now),
         "partitions": partition_figures(),
+        "relay": relay_figures(),
     }
+
+
+def relay_figures() -> dict[str, Any]:
+    """The event relay's lag and the notifications it could not deliver in the last 24 h."""
+    figures = relay.lag()
+    since = timezone.now() - timedelta(hours=24)
+    figures["failed_deliveries"] = Delivery.objects.filter(state="failed", created_at__gte=since).count()
+    figures["deliveries_url"] = changelist_url("notifications_delivery", state="failed")
+    figures["events_url"] = changelist_url("audit_domainevent", relay="failed")
+    figures["stale"] = figures["lag_seconds"] > RELAY_LAG_WARNING_SECONDS
+    return figures
 
 
 def execution_figures(now: datetime) -> dict[str, Any]:

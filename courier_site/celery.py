@@ -22,11 +22,15 @@ CONTROL_TASKS = frozenset(
         "jobs.recover_lost_executions",
         "jobs.reconcile_chains",
         "monitors.poll_due_monitors",
+        "audit.relay_events",
     }
 )
 # Monitor scans list directories, remote ones over the network: they get a queue (and
 # worker) of their own so that a slow partner server never holds up the clock.
 MONITOR_TASKS = frozenset({"monitors.poll_monitor"})
+# Notification deliveries wait on mail servers and webhook receivers: a queue of their own, so a
+# hanging receiver holds up neither a job nor the clock.
+NOTIFY_TASKS = frozenset({"notifications.send_due"})
 
 
 def control_queue() -> str:
@@ -41,6 +45,12 @@ def monitor_queue() -> str:
     return f"{settings.COURIER_QUEUE}-monitors"
 
 
+def notify_queue() -> str:
+    from django.conf import settings
+
+    return f"{settings.COURIER_QUEUE}-notify"
+
+
 def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **_: Any) -> dict[str, str] | None:
     """Celery router: clock tasks go to the control queue, everything else to COURIER_QUEUE."""
     from django.conf import settings
@@ -49,6 +59,8 @@ def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None
         return {"queue": control_queue()}
     if name in MONITOR_TASKS:
         return {"queue": monitor_queue()}
+    if name in NOTIFY_TASKS:
+        return {"queue": notify_queue()}
     return {"queue": settings.COURIER_QUEUE}
 
 
@@ -67,6 +79,23 @@ app.conf.beat_schedule = {
         "task": "monitors.poll_due_monitors",
         "schedule": 2.0,
         "options": {"expires": 10},
+    },
+    # Event relay (outbox): every second, so a failure is told within about two seconds.
+    "every-1s-relay-events": {
+        "task": "audit.relay_events",
+        "schedule": 1.0,
+        "options": {"expires": 5},
+    },
+    # Behind the wake-up after each relay batch: retries whose back-off has passed.
+    "every-10s-send-due-notifications": {
+        "task": "notifications.send_due",
+        "schedule": 10.0,
+        "options": {"expires": 30},
+    },
+    "hourly-check-partitions": {
+        "task": "courier_site.tasks.check_partitions",
+        "schedule": crontab(minute=23),
+        "options": {"expires": 3000},
     },
     "daily-prune-monitor-file-log": {
         "task": "monitors.prune_file_log",

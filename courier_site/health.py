@@ -13,6 +13,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from audit import relay
 from courier_site import heartbeats, partitions
 from courier_site.archival import ExportStatus, export_status
 from courier_site.errors import ConfigurationError
@@ -35,6 +36,26 @@ def _check_redis() -> dict[str, Any]:
         return {"status": "ok"}
     except Exception as error:
         return {"status": "fail", "error": type(error).__name__}
+
+
+# Oldest unprocessed domain event older than this: the relay is not keeping up (or not running),
+# so notifications are late; /health/ turns unhealthy.
+RELAY_LAG_WARNING_SECONDS = 120
+
+
+def _check_relay() -> dict[str, Any]:
+    try:
+        figures = relay.lag()
+    except Exception as error:
+        return {"status": "fail", "error": type(error).__name__}
+    if figures["lag_seconds"] > RELAY_LAG_WARNING_SECONDS:
+        return {
+            "status": "fail",
+            "error": f"the oldest unprocessed event waits for {figures['lag_seconds']:.0f} s "
+            f"(more than {RELAY_LAG_WARNING_SECONDS} s): is the clock worker running?",
+            **figures,
+        }
+    return {"status": "ok", **figures}
 
 
 def _check_heartbeat(kind: str) -> dict[str, Any]:
@@ -62,8 +83,12 @@ def health(request: HttpRequest) -> JsonResponse:
     if checks["database"]["status"] == "ok":
         checks["worker"] = _check_heartbeat("worker")
         checks["beat"] = _check_heartbeat("beat")
+        checks["event_relay"] = _check_relay()
     else:
-        checks["worker"] = checks["beat"] = {"status": "unknown", "error": "database unavailable"}
+        checks["worker"] = checks["beat"] = checks["event_relay"] = {
+            "status": "unknown",
+            "error": "database unavailable",
+        }
     healthy = all(check["status"] == "ok" for check in checks.values())
     return JsonResponse(
         {"status": "healthy" if healthy else "unhealthy", "checks": checks}, status=200 if healthy else 503

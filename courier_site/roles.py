@@ -9,7 +9,17 @@ OPERATOR = "Operator"
 VIEWER = "Viewer"
 ROLES = (ADMIN, OPERATOR, VIEWER)
 
-COURIER_APPS = ("courier_site", "jobs", "connections", "keystore", "monitors", "audit", "tags", "system")
+COURIER_APPS = (
+    "courier_site",
+    "jobs",
+    "connections",
+    "keystore",
+    "monitors",
+    "audit",
+    "tags",
+    "system",
+    "notifications",
+)
 
 # Models an Operator creates, edits and deletes: job definitions, chains, schedules,
 # monitors and tags. Connections, keys, settings and users stay with Admins.

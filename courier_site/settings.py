@@ -72,6 +72,7 @@ INSTALLED_APPS = [
     "connections",
     "jobs",
     "monitors",
+    "notifications",
     # Above every domain app: the dashboard reads them all.
     "console",
 ]
@@ -185,6 +186,10 @@ CELERY_TASK_DEFAULT_QUEUE = COURIER_QUEUE
 # served by a small worker of its own so that long transfers occupying every job worker
 # process never delay a schedule. Empty means "<COURIER_QUEUE>-control".
 COURIER_CONTROL_QUEUE = env.str("COURIER_CONTROL_QUEUE", default="")
+# Notification deliveries (SMTP, webhooks) wait on partners' servers: they get a queue of
+# their own ("<COURIER_QUEUE>-notify"), so a hanging receiver never holds up a job or the clock.
+# The console's address as operators reach it, for the links in notifications.
+COURIER_CONSOLE_URL = env.str("COURIER_CONSOLE_URL", default="http://127.0.0.1:8000").rstrip("/")
 CELERY_TASK_ROUTES = ("courier_site.celery.route_task",)
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULER = "courier_site.beat:HeartbeatScheduler"

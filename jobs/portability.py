@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -57,6 +58,19 @@ CONNECTION_FIELDS = (
     "notes",
 )
 CONNECTION_REFERENCE = "connection:"
+
+
+# Sections the apps above this one add to the file (notifications: channels and rules), registered
+# from their AppConfig.ready: exporter(document) returns the section; importer(section, report, by)
+# runs inside the import's transaction, after jobs, chains and monitors exist.
+Exporter = Callable[[dict[str, Any]], Any]
+Importer = Callable[[Any, dict[str, list[str]], Any], None]
+_SECTIONS: dict[str, tuple[Exporter, Importer, tuple[str, ...]]] = {}
+
+
+def register_section(name: str, exporter: Exporter, importer: Importer, report_keys: tuple[str, ...] = ()) -> None:
+    """Carry another app's definitions in the file under name; report_keys are added to the import report."""
+    _SECTIONS[name] = (exporter, importer, report_keys)
 
 
 def _portable_configuration(configuration: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
@@ -121,7 +135,7 @@ def export_jobs(jobs: Any, chains: Any = None, monitors: Any = None) -> dict[str
                 ],
             }
         )
-    return {
+    document = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "exported_at": timezone.now().isoformat(),
@@ -132,6 +146,9 @@ def export_jobs(jobs: Any, chains: Any = None, monitors: Any = None) -> dict[str
         "chains": [_portable_chain(chain) for chain in chains],
         "monitors": [_portable_monitor(monitor, names) for monitor in monitors],
     }
+    for name, (exporter, _, _) in _SECTIONS.items():
+        document[name] = exporter(document)
+    return document
 
 
 MONITOR_FIELDS = (
@@ -288,6 +305,7 @@ def import_jobs(document: Any, *, by: Any, dry_run: bool = False) -> dict[str, l
         "chains": [],
         "monitors": [],
         "connections_needing_password": [],
+        **{key: [] for _, _, keys in _SECTIONS.values() for key in keys},
     }
     with transaction.atomic():
         # Connections first: the jobs' steps name them, and every definition is checked
@@ -335,6 +353,9 @@ def import_jobs(document: Any, *, by: Any, dry_run: bool = False) -> dict[str, l
             _import_chain(data, by=by, report=report)
         for data in document.get("monitors") or []:
             _import_monitor(data, ids, by=by, report=report)
+        for name, (_, importer, _) in _SECTIONS.items():
+            if name in document:
+                importer(document[name], report, by)
         if dry_run:
             transaction.set_rollback(True)
         else:

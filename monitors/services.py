@@ -298,6 +298,7 @@ def _apply(monitor_id: Any, listing: list[detection.ListedFile], reason: str) ->
                 entity_id=monitor.pk,
                 operation="poll_recovered",
                 details={"after_failures": was_failing},
+                event_type="MonitorRecovered",
             )
     return PollResult(str(monitor_id), "polled", triggered, executions, pending_until=recheck)
 

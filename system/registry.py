@@ -170,6 +170,31 @@ SETTINGS: dict[str, SettingSpec] = {
         _retention("monitor.file_log_partition_retention_months", "monitor file log", 6),
         _retention("events.partition_retention_months", "domain events", 12),
         IntegerSetting(
+            key="events.relay_max_attempts",
+            help="Tries of a domain event's handling (notification rules) before the relay gives up on it "
+            "and marks it failed, with its error, in the domain events list.",
+            default=5,
+            minimum=1,
+            maximum=100,
+            unit="tries",
+        ),
+        IntegerSetting(
+            key="notifications.max_attempts",
+            help="Tries of a notification (mail or webhook) before its delivery is marked failed.",
+            default=5,
+            minimum=1,
+            maximum=50,
+            unit="tries",
+        ),
+        IntegerSetting(
+            key="notifications.retry_base_seconds",
+            help="Wait before the first retry of a notification a receiver did not take; it doubles with each try.",
+            default=30,
+            minimum=0,
+            maximum=3600,
+            unit="seconds",
+        ),
+        IntegerSetting(
             key="partition.archive_overdue_warning_months",
             help="Months past retention after which a partition not yet archived turns /health/partitions to warning.",
             default=2,

@@ -353,6 +353,8 @@ def test_every_entity_page_offers_its_audit_history() -> None:
         "FileMonitor": "file_monitor",
         "SystemSetting": "system_setting",
         "Tag": "tag",
+        "Channel": "notification_channel",
+        "Rule": "notification_rule",
     }
     found = {
         model.__name__: model_admin.audit_entity_type

@@ -56,6 +56,7 @@ from keystore import pgp, ssh
 from keystore.models import PublicKeyShareToken
 from keystore.services import save_pgp_key, save_ssh_key
 from monitors.models import FileMonitor, MonitorDirectoryState, MonitorFileLog, MonitorJobBinding
+from notifications.models import Channel, Delivery, Rule
 from system.models import SystemSetting
 from tags.models import EntityTag, Tag
 from tests.engine_support import make_job
@@ -69,6 +70,8 @@ SSH_PASSPHRASE = "Ssh-Passphrase-Never-Shown-7730"
 PGP_PASSPHRASE = "Pgp-Passphrase-Never-Shown-3390"
 ZIP_PASSWORD = "Zip-Password-Never-Shown-1184"
 TRIGGER_SECRET = "Trigger-Secret-Never-Shown-6604"
+WEBHOOK_SECRET = "Webhook-Secret-Never-Shown-8817"
+SMTP_PASSWORD = "Smtp-Password-Never-Shown-4406"
 
 
 @functools.cache
@@ -106,6 +109,8 @@ def known_secrets() -> dict[str, str]:
         "zip password of a job step": ZIP_PASSWORD,
         "secret trigger value": TRIGGER_SECRET,
         "master key": django_settings.COURIER_MASTER_KEY,
+        "webhook signing secret": WEBHOOK_SECRET,
+        "SMTP password": SMTP_PASSWORD,
     }
 
 
@@ -167,6 +172,10 @@ MODEL_RIGHTS: dict[str, Rights] = {
     "audit.domainevent": HISTORY,
     "courier_site.schemaversion": HISTORY,
     "courier_site.processheartbeat": HISTORY,
+    # Notifications: Admins configure channels and rules; everyone reads them and the delivery log.
+    "notifications.channel": ADMIN_MANAGED,
+    "notifications.rule": ADMIN_MANAGED,
+    "notifications.delivery": HISTORY,
 }
 
 # A harmless edit per editable model: (form field, new value, attribute that shows it was saved).
@@ -184,6 +193,8 @@ EDITS: dict[str, tuple[str, str, str] | None] = {
     "keystore.sshkey": ("notes", "Edited by the roles test", "notes"),
     "system.systemsetting": ("value", "21", "value"),
     "connections.knownhost": None,  # every field is read-only: saving changes nothing
+    "notifications.channel": ("description", "Edited by the roles test", "description"),
+    "notifications.rule": ("description", "Edited by the roles test", "description"),
     "auth.user": ("first_name", "Edited", "first_name"),
     "auth.group": ("name", "Auditors (edited)", "name"),
 }
@@ -363,6 +374,32 @@ def build_world(data_dir: Path) -> World:
         started_at=timezone.now(),
         last_seen_at=timezone.now(),
     )
+    # Nothing listens on port 1: a test notification fails at once with E8003.
+    webhook = Channel.objects.create(
+        name="ACME pager",
+        kind="webhook",
+        settings={"url": "http://127.0.0.1:1/hook", "timeout_seconds": 2},
+        secret_encrypted=keyring().seal(WEBHOOK_SECRET),
+    )
+    mail = Channel.objects.create(
+        name="ACME ops mail",
+        kind="email",
+        settings={"host": "127.0.0.1", "port": 1, "security": "none", "username": "ops", "recipients": ["o@x.example"]},
+        secret_encrypted=keyring().seal(SMTP_PASSWORD),
+    )
+    rule = Rule.objects.create(name="ACME failures", events=["job_failed", "step_failed"], quiet=True)
+    rule.channels.add(webhook, mail)
+    rule.jobs.add(job)
+    delivery = Delivery.objects.create(
+        event_type="JobFailed",
+        event_kind="job_failed",
+        channel=webhook,
+        rule=rule,
+        state="sent",
+        attempts=1,
+        subject="[Courier] job 'ACME invoices' failed",
+        body="Job 'ACME invoices' failed.",
+    )
     rows: dict[str, Model] = {
         "jobs.job": job,
         "jobs.jobstep": job.steps.get(),
@@ -394,6 +431,9 @@ def build_world(data_dir: Path) -> World:
         "courier_site.processheartbeat": heartbeat,
         "auth.user": someone,
         "auth.group": auditors,
+        "notifications.channel": webhook,
+        "notifications.rule": rule,
+        "notifications.delivery": delivery,
     }
     return World(users=users, rows=rows, data_dir=data_dir, spare_job=spare_job)
 
@@ -567,6 +607,24 @@ ADDS: dict[str, tuple[str, Callable[[Console], dict[str, Any]]]] = {
             "password2": "a-long-new-password-9",
         },
     ),
+    "notifications.channel": (
+        "",
+        lambda console: {
+            "name": "Added channel",
+            "kind": "email",
+            "smtp_host": "smtp.example.com",
+            "smtp_security": "starttls",
+            "recipients": "ops@example.com",
+        },
+    ),
+    "notifications.rule": (
+        "",
+        lambda console: {
+            "name": "Added rule",
+            "events": "job_failed",
+            "channels": str(console.row("notifications.channel").pk),
+        },
+    ),
     "auth.group": ("", lambda console: {"name": "New group"}),
 }
 
@@ -692,6 +750,28 @@ ACTIONS = [
         set_row("connections.knownhost", approved_by=hostkeys.PENDING),
         refusal="host_key_approval_refused",
     ),
+    ConsoleAction(
+        "notifications.channel",
+        "send_test_selected",
+        ADMINS,
+        lambda console, response: Delivery.objects.filter(
+            channel=console.row("notifications.channel"), event_kind="test"
+        ).exists(),
+    ),
+    ConsoleAction(
+        "notifications.delivery",
+        "send_again",
+        ADMINS,
+        row_is("notifications.delivery", state="pending"),
+        set_row("notifications.delivery", state="failed"),
+    ),
+    ConsoleAction(
+        "audit.domainevent",
+        "relay_again",
+        ADMINS,
+        row_is("audit.domainevent", relay_failed_at=None),
+        set_row("audit.domainevent", relay_failed_at=timezone.now(), processed_at=timezone.now(), relay_attempts=5),
+    ),
 ]
 
 
@@ -740,6 +820,7 @@ CUSTOM_VIEWS = [
     CustomView("admin:keystore_pgpkey_private", ADMINS, "keystore.pgpkey", refusal="private_export_refused"),
     CustomView("admin:keystore_sshkey_public", ALL_ROLES, "keystore.sshkey"),
     CustomView("admin:audit_auditlogentry_export", ALL_ROLES),
+    CustomView("admin:notifications_channel_test", ADMINS, "notifications.channel", refusal="test_refused"),
     CustomView("admin:auth_user_password_change", ADMINS, "auth.user"),  # Django's own view: refusals not audited
     CustomView("admin:search", ALL_ROLES, query="?s=ACME"),
     CustomView("dashboard", ALL_ROLES),
@@ -1144,6 +1225,8 @@ def test_the_world_holds_every_secret_the_pages_are_searched_for(console: Consol
     assert pgp_bundle["passphrase"] == PGP_PASSPHRASE and secrets["PGP private key"] in pgp_bundle["armored"]
     assert unseal_config(step.configuration)["password"] == ZIP_PASSWORD
     assert console.row("jobs.jobexecution").context_snapshot["values"]["trigger.password"] == TRIGGER_SECRET
+    assert keyring().open_text(console.row("notifications.channel").secret_encrypted) == WEBHOOK_SECRET
+    assert keyring().open_text(Channel.objects.get(name="ACME ops mail").secret_encrypted) == SMTP_PASSWORD
 
 
 @pytest.mark.parametrize("role", ROLES)

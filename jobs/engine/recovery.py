@@ -113,6 +113,7 @@ def _fail_interrupted_steps(execution: Any, message: str) -> set[str]:
             performed_by="system",
             details={
                 "job_execution_id": str(execution.pk),
+                "job_id": str(execution.job_id),
                 "step_order": row.step_order,
                 "position": row.position,
                 "type_key": row.type_key,

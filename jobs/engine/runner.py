@@ -224,8 +224,9 @@ class ExecutionRunner:
             else:
                 self._complete_step(row, step, position, result, started)
                 return
-            self._fail_step_row(row, error, started)
-            if self.policy.type == "retry_step" and attempt < self.policy.max_retries:
+            will_retry = self.policy.type == "retry_step" and attempt < self.policy.max_retries
+            self._fail_step_row(row, error, started, will_retry=will_retry)
+            if will_retry:
                 self._cleanup(step_type, step)
                 self._wait(self.policy.backoff(attempt))
                 attempt += 1
@@ -325,6 +326,7 @@ class ExecutionRunner:
             performed_by="system",
             details={
                 "job_execution_id": str(self.execution.pk),
+                "job_id": str(self.execution.job_id),
                 "step_order": row.step_order,
                 "position": row.position,
                 "type_key": row.type_key,
@@ -372,7 +374,7 @@ class ExecutionRunner:
             f"checkpoint of step {step['step_order']}", write, lambda: self._step_state(row) == "completed"
         )
 
-    def _fail_step_row(self, row: Any, error: Exception, started: float) -> None:
+    def _fail_step_row(self, row: Any, error: Exception, started: float, *, will_retry: bool = False) -> None:
         row.state = "failed"
         row.completed_at = timezone.now()
         row.duration_ms = int((time.monotonic() - started) * 1000)
@@ -384,7 +386,7 @@ class ExecutionRunner:
             with transaction.atomic():
                 row.save()
                 self._save_snapshot()
-                self._audit_step(row, "failed", {"error": str(error)})
+                self._audit_step(row, "failed", {"error": str(error), "will_retry": will_retry})
 
         self.database.retry(f"failure of step {row.step_order}", write, lambda: self._step_state(row) == "failed")
 

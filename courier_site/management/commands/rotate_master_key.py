@@ -23,6 +23,7 @@ SECRET_COLUMNS = (
     ("connections", "password_encrypted"),
     ("ssh_keys", "private_key_data"),
     ("pgp_keys", "private_key_data"),
+    ("notification_channels", "secret_encrypted"),
 )
 # JSON columns holding step configurations whose secret settings (archive passwords …) are
 # sealed in place by jobs.secrets as {"sealed": "<base64 blob>"}: the steps themselves, and

@@ -35,6 +35,14 @@ class Command(BaseCommand):
             f"{len(report['unchanged'])} unchanged job(s); {len(report['chains'])} chain(s), "
             f"{len(report['monitors'])} monitor(s)."
         )
+        if report.get("notification_rules") or report.get("notification_channels"):
+            self.stdout.write(
+                f"Notifications: {len(report['notification_channels'])} channel(s), "
+                f"{len(report['notification_rules'])} rule(s)."
+            )
+        if report.get("channels_needing_secret"):
+            names = ", ".join(report["channels_needing_secret"])
+            self.stdout.write(f"Set the password or generate the signing secret of these channels: {names}.")
         if report["connections_needing_password"]:
             names = ", ".join(report["connections_needing_password"])
             self.stdout.write(f"Set the password of these connections in the console: {names}.")

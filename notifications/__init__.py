@@ -1,0 +1,1 @@
+"""Notifications: email and webhook channels, rules over domain events, and the delivery log."""

@@ -1,0 +1,133 @@
+"""Console pages of notifications: channels with write-only secrets shown once, rules, the delivery log, roles."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth.models import Group
+from django.test import Client
+from django.urls import reverse
+
+from audit.models import AuditLogEntry
+from courier_site.envelope import keyring
+from notifications.models import Channel, Delivery, Rule
+from tests.notify_support import webhook_receiver
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def as_role(client: Client, django_user_model):
+    def login(role: str) -> Client:
+        user = django_user_model.objects.create_user(
+            username=f"{role.lower()}-n", password="pw-long-enough-1", is_staff=True
+        )
+        user.groups.add(Group.objects.get(name=role))
+        client.force_login(user)
+        return client
+
+    return login
+
+
+def webhook_form(**values: str) -> dict[str, str]:
+    return {"name": "pager", "kind": "webhook", "enabled": "on", "url": "https://hooks.example.com/c", **values}
+
+
+def test_a_new_webhook_channel_shows_its_signing_secret_once_and_keeps_it_sealed(as_role) -> None:
+    client = as_role("Admin")
+    response = client.post(reverse("admin:notifications_channel_add"), webhook_form(timeout_seconds="5"))
+    assert response.status_code == 200
+    assert "no-store" in response["Cache-Control"]
+    channel = Channel.objects.get()
+    secret = keyring().open_text(channel.secret_encrypted)
+    assert len(secret) >= 40 and secret in response.content.decode()
+    assert channel.settings == {"url": "https://hooks.example.com/c", "timeout_seconds": 5}
+    page = client.get(reverse("admin:notifications_channel_change", args=[channel.pk])).content.decode()
+    assert (
+        secret not in page
+        and "signing secret set" in client.get(reverse("admin:notifications_channel_changelist")).content.decode()
+    )
+    audit = AuditLogEntry.objects.for_entity("notification_channel", channel.pk).get()
+    assert audit.details["signing_secret"] == "generated" and secret not in str(audit.details)
+
+
+def test_bad_channel_settings_are_refused_with_e8000_and_nothing_is_stored(as_role) -> None:
+    client = as_role("Admin")
+    refused = client.post(reverse("admin:notifications_channel_add"), webhook_form(url="ftp://hooks.example.com/"))
+    assert refused.status_code == 200 and "[E8000]" in refused.content.decode()
+    no_host = client.post(
+        reverse("admin:notifications_channel_add"), {"name": "mail", "kind": "email", "recipients": "not-an-address"}
+    )
+    text = no_host.content.decode()
+    assert "[E8000] an email channel needs the SMTP server" in text and "is not an email address" in text
+    assert not Channel.objects.exists()
+
+
+def test_an_smtp_password_is_write_only(as_role) -> None:
+    client = as_role("Admin")
+    data = {
+        "name": "ops",
+        "kind": "email",
+        "smtp_host": "smtp.example.com",
+        "smtp_security": "starttls",
+        "recipients": "ops@example.com",
+        "smtp_username": "courier",
+        "smtp_password": "Typed-Smtp-Pass-77",
+    }
+    assert client.post(reverse("admin:notifications_channel_add"), data).status_code == 302
+    channel = Channel.objects.get()
+    assert keyring().open_text(channel.secret_encrypted) == "Typed-Smtp-Pass-77"
+    page = client.get(reverse("admin:notifications_channel_change", args=[channel.pk])).content.decode()
+    assert "Typed-Smtp-Pass-77" not in page
+    # Saving again without typing a password keeps the stored one.
+    data.pop("smtp_password")
+    assert client.post(reverse("admin:notifications_channel_change", args=[channel.pk]), data).status_code == 302
+    channel.refresh_from_db()
+    assert keyring().open_text(channel.secret_encrypted) == "Typed-Smtp-Pass-77"
+
+
+def test_a_rule_is_made_with_event_checkboxes_and_needs_a_channel(as_role) -> None:
+    client = as_role("Admin")
+    channel = Channel.objects.create(name="pager", kind="webhook", settings={"url": "https://h.example.com/"})
+    url = reverse("admin:notifications_rule_add")
+    refused = client.post(url, {"name": "failures", "events": ["job_failed"], "quiet": "on"})
+    assert "[E8000] a rule needs at least one channel" in refused.content.decode()
+    made = client.post(
+        url,
+        {"name": "failures", "events": ["job_failed", "chain_failed"], "quiet": "on", "channels": [str(channel.pk)]},
+    )
+    assert made.status_code == 302
+    rule = Rule.objects.get()
+    assert rule.events == ["job_failed", "chain_failed"] and rule.quiet and list(rule.channels.all()) == [channel]
+    listing = client.get(reverse("admin:notifications_rule_changelist")).content.decode()
+    assert "Job failed, Chain failed" in listing and "everything" in listing
+
+
+def test_the_test_button_sends_and_reports_and_operators_may_not(as_role, client: Client) -> None:
+    with webhook_receiver(200) as receiver:
+        channel = Channel.objects.create(
+            name="pager",
+            kind="webhook",
+            settings={"url": receiver.url, "timeout_seconds": 2},
+            secret_encrypted=keyring().seal("s"),
+        )
+        url = reverse("admin:notifications_channel_test", args=[channel.pk])
+        operator = as_role("Operator")
+        assert operator.post(url).status_code == 403
+        assert AuditLogEntry.objects.filter(operation="test_refused").exists()
+        admin = as_role("Admin")
+        response = admin.post(url, follow=True)
+        receiver.wait_for(1, 5)
+    assert "Test notification sent to" in response.content.decode()
+    assert Delivery.objects.get().state == "sent"
+
+
+@pytest.mark.parametrize("role", ["Viewer", "Operator"])
+def test_viewers_and_operators_read_notifications_but_change_nothing(as_role, role: str) -> None:
+    channel = Channel.objects.create(name="pager", kind="webhook", settings={"url": "https://h.example.com/"})
+    client = as_role(role)
+    for name in ("channel", "rule", "delivery"):
+        assert client.get(reverse(f"admin:notifications_{name}_changelist")).status_code == 200
+    assert client.get(reverse("admin:notifications_channel_add")).status_code == 403
+    assert (
+        client.post(reverse("admin:notifications_channel_change", args=[channel.pk]), webhook_form()).status_code == 403
+    )
