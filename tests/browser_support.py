@@ -24,6 +24,9 @@ from tests.celery_support import ROOT, CeleryCluster, LiveDatabase
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 SCREENSHOTS = ROOT / "test-output" / "browser"
+# README's operator tour: written only when COURIER_TOUR_SCREENSHOTS=1, then committed.
+TOUR = ROOT / "docs" / "tour"
+TOUR_WINDOW = (1280, 800)  # wide enough for the sidebar, small enough for ~100 KB
 WAIT_SECONDS = 20
 PASSWORD = "browser-test-password-7"
 
@@ -93,6 +96,22 @@ def _fresh_screenshot_folder() -> None:
     shutil.rmtree(SCREENSHOTS, ignore_errors=True)
 
 
+def tour_screenshot(driver: WebDriver, name: str, focus: Any = None) -> None:
+    """With COURIER_TOUR_SCREENSHOTS=1, save what the operator sees as docs/tour/<name>.png (focus scrolled
+    into view), in a modest window so that the picture stays small; the test's window comes back after."""
+    if os.environ.get("COURIER_TOUR_SCREENSHOTS") != "1":
+        return
+    size = driver.get_window_size()
+    driver.set_window_size(*TOUR_WINDOW)
+    try:
+        if focus is not None:
+            driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", focus)
+        TOUR.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(TOUR / f"{name}.png"))
+    finally:
+        driver.set_window_size(size["width"], size["height"])
+
+
 def console_user(django_user_model: Any, username: str, role: str) -> Any:
     user = django_user_model.objects.create_user(username=username, password=PASSWORD, is_staff=True)
     user.groups.add(Group.objects.get(name=role))
@@ -125,10 +144,16 @@ def shows_exactly(driver: WebDriver, text: str) -> bool:
     return any(found.is_displayed() for found in driver.find_elements(By.XPATH, xpath))
 
 
-def row_text(driver: WebDriver, label: str) -> str:
-    """Text of the innermost table row of the main content naming label ('' while there is none)."""
+def row(driver: WebDriver, label: str) -> Any:
+    """The innermost table row of the main content naming label, or None."""
     rows = driver.find_elements(By.XPATH, f"//*[@id='content']//tr[contains(normalize-space(.), '{label}')]")
-    return rows[-1].text if rows else ""
+    return rows[-1] if rows else None
+
+
+def row_text(driver: WebDriver, label: str) -> str:
+    """Text of label's row ('' while there is none)."""
+    found = row(driver, label)
+    return found.text if found is not None else ""
 
 
 def fill(driver: WebDriver, name: str, value: str) -> None:

@@ -16,7 +16,18 @@ from connections import hostkeys
 from connections.models import Connection, KnownHost
 from connections.transfer.sessions import open_session
 from courier_site.roles import ADMIN
-from tests.browser_support import click_labelled, console_user, content_text, fill, page_text, row_text, sign_in, wait
+from tests.browser_support import (
+    click_labelled,
+    console_user,
+    content_text,
+    fill,
+    page_text,
+    row,
+    row_text,
+    sign_in,
+    tour_screenshot,
+    wait,
+)
 from tests.servers import SFTP_PASSWORD, SFTP_USER, SshServer, sftp_connection, ssh_server
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -98,6 +109,7 @@ def test_an_admin_approves_a_changed_host_key_in_the_console_and_the_approval_is
         wait(browser).until(lambda page: "waiting for approval" in row_text(page, pending.fingerprint))
         browser.find_element(By.CSS_SELECTOR, f"input[name=_selected_action][value='{pending.pk}']").click()
         fill(browser, "action", "approve_keys")
+        tour_screenshot(browser, "host-key-approval", focus=row(browser, pending.fingerprint))
         click_labelled(browser, "Run", kinds=("button", "submit"))
         wait(browser).until(lambda page: "Approved 1 host key" in page_text(page))
         assert "trusted" in row_text(browser, pending.fingerprint)

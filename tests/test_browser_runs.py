@@ -19,9 +19,11 @@ from tests.browser_support import (
     console_user,
     content_text,
     fill,
+    row,
     row_text,
     shows_exactly,
     sign_in,
+    tour_screenshot,
     wait,
 )
 from tests.celery_support import CeleryCluster, wait_for
@@ -132,6 +134,9 @@ def test_an_operator_builds_a_three_step_job_in_the_console_and_runs_it_to_compl
     for _, name, _ in steps:
         wait(browser).until(lambda page, name=name: "completed" in row_text(page, name).lower())
     assert (outbox / "report-2027-03-01.csv").read_text() == "id,amount\n1,10\n2,20\n"
+    browser.refresh()
+    wait(browser).until(lambda page: shows_exactly(page, "completed"))
+    tour_screenshot(browser, "execution-completed", focus=row(browser, "Hand to the outbox"))
 
 
 def test_the_page_of_a_running_execution_updates_itself_and_cancels_it(
@@ -197,3 +202,4 @@ def test_a_failed_transfer_shows_its_error_code_on_the_execution_page(
     browser.refresh()
     wait(browser).until(lambda page: shows_exactly(page, "failed"))
     assert "E3005" in content_text(browser)
+    tour_screenshot(browser, "execution-failed", focus=row(browser, "Fetch the statements"))
