@@ -52,6 +52,16 @@ class LiveDatabase:
         with psycopg.connect(self.conninfo, autocommit=True) as conn:
             conn.execute(query, params)
 
+    @classmethod
+    def from_conninfo(cls, conninfo: str) -> LiveDatabase:
+        """The database conninfo names, with the URL a worker process reads from DATABASE_URL."""
+        info = psycopg.conninfo.conninfo_to_dict(conninfo)
+        url = f"postgresql://{info.get('user', '')}@{info.get('host', '127.0.0.1')}:{info.get('port', 5432)}"
+        url = f"{url}/{info['dbname']}"
+        if info.get("password"):
+            url = url.replace("@", f":{info['password']}@", 1)
+        return cls(str(info["dbname"]), url, conninfo)
+
 
 @contextmanager
 def live_database() -> Iterator[LiveDatabase]:
@@ -69,16 +79,13 @@ def live_database() -> Iterator[LiveDatabase]:
     original = settings.DATABASES["default"]["NAME"]
     info = psycopg.conninfo.conninfo_to_dict(admin_conninfo)
     info["dbname"] = name
-    conninfo = psycopg.conninfo.make_conninfo(**info)
-    url = f"postgresql://{info.get('user', '')}@{info.get('host', '127.0.0.1')}:{info.get('port', 5432)}/{name}"
-    if info.get("password"):
-        url = url.replace("@", f":{info['password']}@", 1)
+    database = LiveDatabase.from_conninfo(psycopg.conninfo.make_conninfo(**info))
     try:
         connection.close()
         settings.DATABASES["default"]["NAME"] = name
         connection.settings_dict["NAME"] = name
         call_command("migrate", verbosity=0, interactive=False)
-        yield LiveDatabase(name, url, conninfo)
+        yield database
     finally:
         connection.close()
         settings.DATABASES["default"]["NAME"] = original

@@ -13,7 +13,12 @@ from django.db import connection
 from psycopg import sql
 
 from courier_site.db import conninfo_for
-from tests.browser_support import _fresh_screenshot_folder, browser, downloads  # noqa: F401 (fixtures for test_browser_*)
+from tests.browser_support import (  # noqa: F401 (fixtures for test_browser_*)
+    _fresh_screenshot_folder,
+    browser,
+    console_workers,
+    downloads,
+)
 from tests.celery_support import LiveDatabase, live_database
 
 
