@@ -22,8 +22,8 @@ from connections.errors import (
     HostUnreachable,
     RemoteFileError,
 )
-from connections.transfer.base import CHUNK, RemoteFile, SessionInfo, SetupDeadline, join
-from connections.transfer.sftp_bulk import BufferedSocket, ChunkPipe, PipelinedReader
+from connections.transfer.base import RemoteFile, SessionInfo, SetupDeadline, join
+from connections.transfer.sftp_bulk import BufferedSocket, ChunkPipe, PipelinedReader, PipelinedWriter
 
 # FIPS 140 approved choices (SPEC 5); a connection's fips_override lifts them.
 FIPS_ALGORITHMS = {
@@ -57,6 +57,9 @@ READ_AHEAD_BYTES = 8 * 1024 * 1024
 # may send unasked-for-by-reading, so it must exceed the read-ahead (paramiko's 2 MiB would
 # stall it); OpenSSH sends packets up to the size offered when it has the data at hand.
 SFTP_WINDOW = 2 * READ_AHEAD_BYTES
+# Unanswered writes of an upload. OpenSSH's server window (2 MiB) holds back the rest anyway;
+# this many keep it full while their acknowledgements travel.
+WRITES_IN_FLIGHT = 64
 SFTP_MAX_PACKET = 256 * 1024
 
 
@@ -297,26 +300,25 @@ class SftpSession:
         return received
 
     def upload(self, local_file: Any, remote: str, on_chunk: Callable[[int], None]) -> int:
-        sent = 0
-        with self._client().open(remote, "wb") as handle:
-            self._tune(handle)
-            handle.set_pipelined(True)  # do not wait for each write's acknowledgement
-            while True:
-                data = local_file.read(CHUNK)
-                if not data:
-                    break
-                handle.write(data)
-                sent += len(data)
-                on_chunk(len(data))
+        client = self._client()
+        handle = client.open(remote, "wb")
+        try:
+            request_size = OPENSSH_WRITE_SIZE if self._openssh else DEFAULT_REQUEST_SIZE
+            writer = PipelinedWriter(
+                client.get_channel(), handle.handle, remote, request_size=request_size, depth=WRITES_IN_FLIGHT
+            )
+            sent = writer.write(local_file.readinto, on_chunk)
+        except BaseException:
+            self._drop_channel()  # unanswered writes: see download
+            with contextlib.suppress(Exception):
+                handle.close()
+            raise
+        handle.close()
         return sent
 
     @property
     def _openssh(self) -> bool:
         return "OpenSSH" in (self.info.banner or "")
-
-    def _tune(self, handle: paramiko.SFTPFile) -> None:
-        if self._openssh:
-            handle.MAX_REQUEST_SIZE = OPENSSH_WRITE_SIZE  # instance attribute: this handle only
 
     def rename(self, source: str, target: str) -> None:
         client = self._client()

@@ -1,11 +1,12 @@
-"""Fast SFTP bulk data: many read requests in flight parsed straight off the channel, and lean channel buffers.
+"""Fast SFTP bulk data: many requests in flight, replies parsed straight off the channel, lean channel buffers.
 
-paramiko's own download path (SFTPFile.prefetch and read) spends most of its time on Python
-bookkeeping rather than on the data: a helper thread that polls for free request slots, a
-dictionary of replies, bytes joined and re-sliced at every layer. Here one loop keeps a fixed
-number of READ requests outstanding, parses the replies from the channel itself and writes
-each reply's data to the local file as a memoryview, in file order: the partial file of an
-interrupted download is always a prefix of the remote file, which is what resuming relies on.
+paramiko's own transfer path (SFTPFile.prefetch, read and write) spends most of its time on
+Python bookkeeping rather than on the data: a helper thread that polls for free request slots,
+a dictionary of replies, bytes joined and re-sliced at every layer. Here one loop keeps a fixed
+number of READ (or WRITE) requests outstanding and parses the replies from the channel itself.
+A download writes each reply's data to the local file as a memoryview, in file order: the
+partial file of an interrupted download is always a prefix of the remote file, which is what
+resuming relies on. An upload reads the local file straight into the request it sends.
 """
 
 from __future__ import annotations
@@ -18,7 +19,16 @@ from collections.abc import Callable
 from typing import Any
 
 from paramiko.buffered_pipe import BufferedPipe, PipeTimeout
-from paramiko.sftp import CMD_DATA, CMD_READ, CMD_STATUS, SFTP_EOF, SFTP_NO_SUCH_FILE, SFTP_PERMISSION_DENIED
+from paramiko.sftp import (
+    CMD_DATA,
+    CMD_READ,
+    CMD_STATUS,
+    CMD_WRITE,
+    SFTP_EOF,
+    SFTP_NO_SUCH_FILE,
+    SFTP_OK,
+    SFTP_PERMISSION_DENIED,
+)
 
 from connections.transfer.base import CHUNK
 
@@ -132,7 +142,17 @@ def _status_error(code: int, message: str, remote: str) -> OSError:
         return FileNotFoundError(f"{remote}: {message}")
     if code == SFTP_PERMISSION_DENIED:
         return PermissionError(f"{remote}: {message}")
-    return OSError(f"reading {remote} failed: {message} (SFTP status {code})")
+    return OSError(f"{remote}: {message} (SFTP status {code})")
+
+
+def _next_request_id(request_id: int) -> int:
+    return (request_id + 1) & 0xFFFF_FFFF or FIRST_REQUEST_ID
+
+
+def _status_message(buffer: Any, body: int) -> str:
+    """The text of an SSH_FXP_STATUS whose code starts at body."""
+    length = _UINT32.unpack_from(buffer, body + 4)[0]
+    return bytes(buffer[body + 8 : body + 8 + length]).decode("utf-8", "replace")
 
 
 class PipelinedReader:
@@ -173,7 +193,7 @@ class PipelinedReader:
                 else:
                     break
                 request_id = self._next_id
-                self._next_id = (request_id + 1) & 0xFFFF_FFFF or FIRST_REQUEST_ID
+                self._next_id = _next_request_id(request_id)
                 outstanding[request_id] = (at, length)
                 requests.append(
                     self._request.pack(
@@ -202,9 +222,7 @@ class PipelinedReader:
                     if kind == CMD_STATUS:
                         code = _UINT32.unpack_from(buffer, body)[0]
                         if code != SFTP_EOF:
-                            text_length = _UINT32.unpack_from(buffer, body + 4)[0]
-                            message = bytes(view[body + 8 : body + 8 + text_length]).decode("utf-8", "replace")
-                            raise _status_error(code, message, self.remote)
+                            raise _status_error(code, _status_message(buffer, body), self.remote)
                         limit = min(limit, at)
                         continue
                     if kind != CMD_DATA:
@@ -235,3 +253,77 @@ class PipelinedReader:
         if cursor > reported:
             on_chunk(cursor - reported)
         return cursor - offset
+
+
+class PipelinedWriter:
+    """Writes a local file to one open remote file with up to `depth` WRITE requests unanswered.
+
+    Each request is read from the local file into one reused buffer behind its header and sent
+    from there: sendall returns once the channel has taken the bytes. Every reply is checked;
+    the first refusal ends the upload with the server's reason.
+    """
+
+    def __init__(self, channel: Any, handle: bytes, remote: str, *, request_size: int, depth: int) -> None:
+        self.channel = channel
+        self.remote = remote
+        self.depth = depth
+        # uint32 length, byte CMD_WRITE, uint32 id, string handle, uint64 offset, uint32 data length
+        self._head = struct.Struct(f">IBII{len(handle)}sQI")
+        self._handle = handle
+        self._buffer = bytearray(self._head.size + request_size)
+        self._next_id = FIRST_REQUEST_ID
+        self.outstanding: set[int] = set()
+        self._replies = bytearray()
+
+    def write(self, read_into: Callable[[Any], int], on_chunk: Callable[[int], None]) -> int:
+        """Send what read_into(buffer) yields until it yields 0; on_chunk(CHUNK) after every CHUNK sent."""
+        head, handle, channel = self._head, self._handle, self.channel
+        view = memoryview(self._buffer)
+        body = view[head.size :]
+        offset = reported = 0
+        while True:
+            while len(self.outstanding) >= self.depth:
+                self._collect()
+            count = read_into(body)
+            if not count:
+                break
+            request_id = self._next_id
+            self._next_id = _next_request_id(request_id)
+            head.pack_into(
+                self._buffer, 0, head.size - 4 + count, CMD_WRITE, request_id, len(handle), handle, offset, count
+            )
+            channel.sendall(view[: head.size + count])
+            self.outstanding.add(request_id)
+            offset += count
+            while offset - reported >= CHUNK:
+                reported += CHUNK
+                on_chunk(CHUNK)
+        while self.outstanding:
+            self._collect()
+        if offset > reported:
+            on_chunk(offset - reported)
+        return offset
+
+    def _collect(self) -> None:
+        """Wait for replies and check them."""
+        data = self.channel.recv(RECV_SIZE)
+        if not data:
+            raise EOFError(f"the server closed the SFTP channel while receiving {self.remote}")
+        replies = self._replies
+        replies += data
+        position = 0
+        while len(replies) - position >= _REPLY_HEAD.size:
+            length, kind, request_id = _REPLY_HEAD.unpack_from(replies, position)
+            if len(replies) - position < 4 + length:
+                break
+            body = position + _REPLY_HEAD.size
+            position += 4 + length
+            if request_id not in self.outstanding:
+                continue
+            self.outstanding.discard(request_id)
+            if kind != CMD_STATUS:
+                raise OSError(f"writing {self.remote}: unexpected SFTP reply type {kind}")
+            code = _UINT32.unpack_from(replies, body)[0]
+            if code != SFTP_OK:
+                raise _status_error(code, _status_message(replies, body), self.remote)
+        del replies[:position]
