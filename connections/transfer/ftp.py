@@ -59,6 +59,17 @@ def _interrupt(sock: socket.socket | None) -> None:
             socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
+def _fill(sock: socket.socket, view: memoryview) -> int:
+    """Receive into view until it is full or the sender ends the data connection; the bytes received."""
+    filled, size = 0, len(view)
+    while filled < size:
+        count = sock.recv_into(view[filled:])
+        if not count:
+            break
+        filled += count
+    return filled
+
+
 def tls_context(connection: Any, fips: bool) -> ssl.SSLContext:
     """TLS settings of a connection: floor version, certificate policy, FIPS cipher suites."""
     policy = connection.tls_cert_policy
@@ -269,17 +280,20 @@ class FtpSession:
         client = self._client()
         client.voidcmd("TYPE I")
         received = 0
+        # One block, filled in place by recv_into (a TLS record, up to 16 KiB, at a time) and
+        # written as a memoryview: no bytes object made, copied or freed per block.
+        block = bytearray(CHUNK)
+        view = memoryview(block)
         with self._aborting_on_error(), self._transfer(client, f"RETR {remote}", offset) as data:
-            # A buffered reader gathers the 16 KiB TLS records into 1 MiB blocks in C, instead
-            # of one Python round per record.
-            with data.makefile("rb", buffering=CHUNK) as stream:
-                while True:
-                    block = stream.read(CHUNK)
-                    if not block:
-                        break
-                    local_file.write(block)
-                    received += len(block)
-                    on_chunk(len(block))
+            while True:
+                filled = _fill(data, view)
+                if not filled:
+                    break
+                local_file.write(view[:filled])
+                received += filled
+                on_chunk(filled)
+                if filled < CHUNK:
+                    break
             if isinstance(data, ssl.SSLSocket):
                 data.unwrap()
         client.voidresp()
@@ -289,14 +303,16 @@ class FtpSession:
         client = self._client()
         client.voidcmd("TYPE I")
         sent = 0
+        block = bytearray(CHUNK)
+        view = memoryview(block)
         with self._aborting_on_error(), self._transfer(client, f"STOR {remote}") as data:
             while True:
-                block = local_file.read(CHUNK)
-                if not block:
+                count = local_file.readinto(view)
+                if not count:
                     break
-                data.sendall(block)
-                sent += len(block)
-                on_chunk(len(block))
+                data.sendall(view[:count])
+                sent += count
+                on_chunk(count)
             if isinstance(data, ssl.SSLSocket):
                 data.unwrap()
         client.voidresp()

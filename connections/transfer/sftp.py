@@ -22,7 +22,8 @@ from connections.errors import (
     HostUnreachable,
     RemoteFileError,
 )
-from connections.transfer.base import CHUNK, RemoteFile, SessionInfo, SetupDeadline, join
+from connections.transfer.base import RemoteFile, SessionInfo, SetupDeadline, join
+from connections.transfer.sftp_bulk import BufferedSocket, ChunkPipe, PipelinedReader, PipelinedWriter
 
 # FIPS 140 approved choices (SPEC 5); a connection's fips_override lifts them.
 FIPS_ALGORITHMS = {
@@ -44,12 +45,22 @@ FIPS_ALGORITHMS = {
 }
 _OPTION_NAMES = {"kex": "kex", "ciphers": "ciphers", "macs": "digests", "host_key_types": "key_types"}
 # paramiko asks for 32 KiB per SFTP request. OpenSSH's sftp-server serves up to 256 KiB,
-# and 64 KiB requests roughly halve paramiko's per-packet Python overhead (bench/
-# bench_transfers.py). Other servers keep the conservative size: some refuse larger writes.
-OPENSSH_REQUEST_SIZE = 64 * 1024
-# Read requests in flight during a download: 128 x 64 KiB keeps about 8 MiB outstanding,
-# enough to fill a fast link while memory stays bounded whatever the file size.
-PREFETCH_REQUESTS = 128
+# and larger requests cut the Python work per byte (bench/bench_transfers.py). Other servers
+# keep the conservative size: some refuse larger writes. Both divide CHUNK.
+OPENSSH_WRITE_SIZE = 64 * 1024
+OPENSSH_READ_SIZE = 128 * 1024
+DEFAULT_REQUEST_SIZE = 32 * 1024
+# Bytes of read requests in flight during a download: 8 MiB fills a fast link, and a link
+# with 100 ms round trips at 80 MiB/s, while memory stays bounded whatever the file size.
+READ_AHEAD_BYTES = 8 * 1024 * 1024
+# The SFTP channel's receive window and largest packet. The window bounds what the server
+# may send unasked-for-by-reading, so it must exceed the read-ahead (paramiko's 2 MiB would
+# stall it); OpenSSH sends packets up to the size offered when it has the data at hand.
+SFTP_WINDOW = 2 * READ_AHEAD_BYTES
+# Unanswered writes of an upload. OpenSSH's server window (2 MiB) holds back the rest anyway;
+# this many keep it full while their acknowledgements travel.
+WRITES_IN_FLIGHT = 64
+SFTP_MAX_PACKET = 256 * 1024
 
 
 def load_private_key(text: str, passphrase: str | None = None) -> paramiko.PKey:
@@ -110,7 +121,7 @@ class SftpSession:
                 f"({type(error).__name__}: {error.strerror or error}); "
                 "check host, port and firewall"
             ) from None
-        transport = paramiko.Transport(sock)
+        transport = paramiko.Transport(BufferedSocket(sock))
         # connect_timeout_seconds bounds the whole set-up, from the TCP connect to the SFTP
         # subsystem. Some of paramiko's waits have no limit (the subsystem request) or one of
         # their own: those stay above it, and at the deadline the transport is closed, which
@@ -130,8 +141,7 @@ class SftpSession:
                 raise HostKeyRejected(f"host key changed during the session: offered {offered}")
             self._authenticate(transport)
             transport.set_keepalive(connection.keepalive_interval_sec)
-            sftp = paramiko.SFTPClient.from_transport(transport)
-            sftp.get_channel().settimeout(connection.operation_timeout_sec)
+            sftp = self._open_sftp(transport)
         except Exception as error:
             transport.close()
             raise self._setup_error(error, deadline) from None
@@ -153,6 +163,18 @@ class SftpSession:
                 "kex_offered": list(options.kex),
             },
         )
+
+    def _open_sftp(self, transport: paramiko.Transport) -> paramiko.SFTPClient:
+        sftp = paramiko.SFTPClient.from_transport(transport, window_size=SFTP_WINDOW, max_packet_size=SFTP_MAX_PACKET)
+        channel = sftp.get_channel()
+        channel.settimeout(self.connection.operation_timeout_sec)
+        # The server speaks only when asked, and it was not asked since the version exchange:
+        # the old buffer is empty, but whatever it might hold moves over.
+        pipe, channel.in_buffer = channel.in_buffer, ChunkPipe()
+        leftover = pipe.empty()
+        if leftover:
+            channel.in_buffer.feed(leftover)
+        return sftp
 
     def _setup_error(self, error: Exception, deadline: SetupDeadline) -> Exception:
         """What a failed set-up reports; past the deadline, a timeout whatever the interrupted wait made of it."""
@@ -208,9 +230,19 @@ class SftpSession:
 
     # ------------------------------------------------------------------ file operations
     def _client(self) -> paramiko.SFTPClient:
-        if not self.alive or self.sftp is None:
+        if not self.alive:
             self.reconnect()
+        elif self.sftp is None:  # a transfer left its channel midway: a fresh one on the same connection
+            self.sftp = self._open_sftp(self.transport)
         return self.sftp
+
+    def _drop_channel(self) -> None:
+        """Close the SFTP channel of a transfer that stopped midway: replies it still owes would
+        otherwise be read as the answers to the session's next requests."""
+        sftp, self.sftp = self.sftp, None
+        if sftp is not None:
+            with contextlib.suppress(Exception):
+                sftp.close()
 
     def listdir(self, path: str) -> list[RemoteFile]:
         try:
@@ -244,42 +276,49 @@ class SftpSession:
         )
 
     def download(self, remote: str, local_file: Any, offset: int, on_chunk: Callable[[int], None]) -> int:
-        received = 0
-        with self._client().open(remote, "rb") as handle:
-            self._tune(handle)
+        client = self._client()
+        handle = client.open(remote, "rb")
+        try:
             size = handle.stat().st_size or 0
-            if offset:
-                handle.seek(offset)
-            # Pipelined reads: many requests in flight instead of one round trip per block,
-            # but a bounded number: paramiko otherwise asks for the whole file at once and
-            # holds every reply in memory until the local disk catches up.
-            handle.prefetch(size, max_concurrent_requests=PREFETCH_REQUESTS)
-            while True:
-                data = handle.read(CHUNK)
-                if not data:
-                    break
-                local_file.write(data)
-                received += len(data)
-                on_chunk(len(data))
+            request_size = OPENSSH_READ_SIZE if self._openssh else DEFAULT_REQUEST_SIZE
+            reader = PipelinedReader(
+                client.get_channel(),
+                handle.handle,
+                remote,
+                request_size=request_size,
+                depth=READ_AHEAD_BYTES // request_size,
+            )
+            received = reader.read(offset, size, local_file.write, on_chunk)
+        except BaseException:
+            # Cancelled, local disk full, a dropped link: the channel still owes replies, so it
+            # goes; closing it closes the remote file too, and the handle's own CLOSE fails quietly.
+            self._drop_channel()
+            with contextlib.suppress(Exception):
+                handle.close()
+            raise
+        handle.close()
         return received
 
     def upload(self, local_file: Any, remote: str, on_chunk: Callable[[int], None]) -> int:
-        sent = 0
-        with self._client().open(remote, "wb") as handle:
-            self._tune(handle)
-            handle.set_pipelined(True)  # do not wait for each write's acknowledgement
-            while True:
-                data = local_file.read(CHUNK)
-                if not data:
-                    break
-                handle.write(data)
-                sent += len(data)
-                on_chunk(len(data))
+        client = self._client()
+        handle = client.open(remote, "wb")
+        try:
+            request_size = OPENSSH_WRITE_SIZE if self._openssh else DEFAULT_REQUEST_SIZE
+            writer = PipelinedWriter(
+                client.get_channel(), handle.handle, remote, request_size=request_size, depth=WRITES_IN_FLIGHT
+            )
+            sent = writer.write(local_file.readinto, on_chunk)
+        except BaseException:
+            self._drop_channel()  # unanswered writes: see download
+            with contextlib.suppress(Exception):
+                handle.close()
+            raise
+        handle.close()
         return sent
 
-    def _tune(self, handle: paramiko.SFTPFile) -> None:
-        if "OpenSSH" in (self.info.banner or ""):
-            handle.MAX_REQUEST_SIZE = OPENSSH_REQUEST_SIZE  # instance attribute: this handle only
+    @property
+    def _openssh(self) -> bool:
+        return "OpenSSH" in (self.info.banner or "")
 
     def rename(self, source: str, target: str) -> None:
         client = self._client()
