@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from django.contrib.auth.models import Group
+from django.core.management import call_command
+from django.db import connection
 from django.test import Client
 from django.urls import reverse
 
 from audit.models import AuditLogEntry
+from audit.relay import relay_until_idle
 from courier_site.envelope import keyring
+from jobs.portability import ImportRefused, import_jobs
 from notifications.models import Channel, Delivery, Rule
+from tests.engine_support import make_job
 from tests.notify_support import webhook_receiver
 
 pytestmark = pytest.mark.django_db
@@ -131,3 +138,50 @@ def test_viewers_and_operators_read_notifications_but_change_nothing(as_role, ro
     assert (
         client.post(reverse("admin:notifications_channel_change", args=[channel.pk]), webhook_form()).status_code == 403
     )
+
+
+def test_channels_and_rules_travel_in_the_definitions_file_without_their_secrets(tmp_path) -> None:
+    job = make_job([("test.write", {"name": "a.txt", "text": "x"})], name="Partner feed")
+    hook = Channel.objects.create(
+        name="pager",
+        kind="webhook",
+        settings={"url": "https://hooks.example.com/c", "timeout_seconds": 4},
+        secret_encrypted=keyring().seal("Never-Exported-Secret-1"),
+    )
+    rule = Rule.objects.create(name="feed failures", events=["job_failed"], quiet=True)
+    rule.channels.add(hook)
+    rule.jobs.add(job)
+    path = tmp_path / "defs.json"
+    call_command("export_definitions", "--output", str(path))
+    text = path.read_text()
+    assert "Never-Exported-Secret-1" not in text
+    document = json.loads(text)
+    assert document["notifications"]["rules"][0]["jobs"] == ["Partner feed"]
+
+    Rule.objects.all().delete()
+    Channel.objects.all().delete()
+    report = import_jobs(document, by="tester")
+    assert report["notification_rules"] == ["feed failures"] and report["channels_needing_secret"] == ["pager"]
+    imported = Rule.objects.get()
+    assert [j.name for j in imported.jobs.all()] == ["Partner feed"] and imported.quiet
+    assert Channel.objects.get().settings == {"url": "https://hooks.example.com/c", "timeout_seconds": 4}
+    assert Channel.objects.get().secret_encrypted is None
+
+    document["notifications"]["rules"][0]["jobs"] = ["No such job"]
+    with pytest.raises(ImportRefused, match="No such job"):
+        import_jobs(document, by="tester")
+    assert [j.name for j in Rule.objects.get().jobs.all()] == ["Partner feed"]  # nothing half-written
+
+
+def test_relay_lag_is_on_health_and_the_dashboard(as_role, client: Client) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO domain_events (event_type, entity_type, entity_id, payload, occurred_at)"
+            " VALUES ('JobFailed', 'job_execution', gen_random_uuid(), '{}', now() - interval '10 minutes')"
+        )
+    relay_check = client.get("/health/").json()["checks"]["event_relay"]
+    assert relay_check["status"] == "fail" and relay_check["waiting"] == 1 and relay_check["lag_seconds"] >= 600
+    page = as_role("Viewer").get(reverse("admin:index")).content.decode()
+    assert 'data-figure="relay-lag"' in page and "1 event waiting" in page
+    relay_until_idle()
+    assert client.get("/health/").json()["checks"]["event_relay"]["status"] == "ok"
