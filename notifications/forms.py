@@ -30,7 +30,7 @@ def _duplicate_name(model: type, name: str, pk: Any) -> str | None:
 
 
 class ChannelForm(forms.ModelForm):
-    """One form for both kinds; the fields of the other kind are ignored (and hidden by the page's script)."""
+    """One form for both kinds, in one fieldset per kind; the fields of the other kind are ignored on save."""
 
     smtp_host = forms.CharField(required=False, label="SMTP host")
     smtp_port = forms.IntegerField(required=False, min_value=1, max_value=65535, label="SMTP port")

@@ -28,6 +28,8 @@ SCREENSHOTS = ROOT / "test-output" / "browser"
 TOUR = ROOT / "docs" / "tour"
 TOUR_WINDOW = (1280, 800)  # wide enough for the sidebar, small enough for ~100 KB
 WAIT_SECONDS = 20
+PAGE_LOAD_SECONDS = 60
+DRIVER_COMMAND_SECONDS = 90
 PASSWORD = "browser-test-password-7"
 
 
@@ -49,7 +51,12 @@ def start_chromium(downloads: Path) -> WebDriver:
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,800"):
         options.add_argument(argument)
     # Explicit paths keep Selenium Manager from trying to download a browser or a driver.
-    return webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    # Bounded: a page that never loads, or a browser that stops answering, fails its test instead of
+    # hanging the run (Selenium's own default is to wait for chromedriver forever).
+    driver.set_page_load_timeout(PAGE_LOAD_SECONDS)
+    driver.command_executor.client_config.timeout = DRIVER_COMMAND_SECONDS
+    return driver
 
 
 @pytest.fixture
