@@ -17,7 +17,13 @@ from unfold.admin import TabularInline
 
 from audit.models import AuditLogEntry
 from connections.models import Connection
-from courier_site.admin_base import AuditHistoryMixin, ReadOnlyAdmin, RefusalAuditMixin, SoftDeleteAdmin
+from courier_site.admin_base import (
+    AuditHistoryMixin,
+    ReadOnlyAdmin,
+    RefusalAuditMixin,
+    SoftDeleteAdmin,
+    TolerantAutocompleteMixin,
+)
 from courier_site.errors import CourierError
 from monitors import detection, services
 from monitors.models import FileMonitor, MonitorDirectoryState, MonitorFileLog, MonitorJobBinding
@@ -163,7 +169,7 @@ class BindingForm(forms.ModelForm):
         return cleaned
 
 
-class BindingInline(TabularInline):
+class BindingInline(TolerantAutocompleteMixin, TabularInline):
     model = MonitorJobBinding
     form = BindingForm
     extra = 0

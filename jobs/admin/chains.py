@@ -16,7 +16,13 @@ from django.utils.html import format_html
 from unfold.admin import TabularInline
 
 from audit.models import AuditLogEntry
-from courier_site.admin_base import AuditHistoryMixin, ReadOnlyAdmin, RefusalAuditMixin, SoftDeleteAdmin
+from courier_site.admin_base import (
+    AuditHistoryMixin,
+    ReadOnlyAdmin,
+    RefusalAuditMixin,
+    SoftDeleteAdmin,
+    TolerantAutocompleteMixin,
+)
 from courier_site.errors import CourierError
 from jobs import chains
 from jobs.admin.schedules import ChainScheduleInline, save_schedule_formset
@@ -70,7 +76,7 @@ class ChainMemberFormSet(forms.BaseInlineFormSet):
             raise forms.ValidationError(str(error)) from error
 
 
-class JobChainMemberInline(TabularInline):
+class JobChainMemberInline(TolerantAutocompleteMixin, TabularInline):
     model = JobChainMember
     fk_name = "chain"
     form = ChainMemberForm
