@@ -1,0 +1,36 @@
+"""Coloured state badges shared by every console list and page (executions, chains, monitors, keys)."""
+
+from __future__ import annotations
+
+from django.template.loader import render_to_string
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+
+# unfold's label colours: success green, danger red, warning orange, info blue, primary the
+# theme colour; anything else is drawn grey. A state reads the same colour on every page.
+STATE_VARIANTS = {
+    "completed": "success",
+    "active": "success",
+    "failed": "danger",
+    "error": "danger",
+    "revoked": "danger",
+    "running": "info",
+    "queued": "primary",
+    "pending": "primary",
+    "created": "primary",
+    "paused": "warning",
+    "degraded": "warning",
+    "expiring": "warning",
+}
+
+
+def state_variant(state: str | None) -> str:
+    return STATE_VARIANTS.get(state or "", "default")
+
+
+def state_badge(state: str | None, label: str | None = None) -> SafeString:
+    """The state as a coloured label; data-state lets scripts and tests read it."""
+    if not state:
+        return format_html("{}", "-")
+    badge = render_to_string("unfold/helpers/label.html", {"text": label or state, "type": state_variant(state)})
+    return format_html('<span class="courier-state" data-state="{}">{}</span>', state, SafeString(badge.strip()))
