@@ -24,6 +24,7 @@ from courier_site.admin_base import (
     SoftDeleteAdmin,
     TolerantAutocompleteMixin,
 )
+from courier_site.badges import state_badge
 from courier_site.errors import CourierError
 from monitors import detection, services
 from monitors.models import FileMonitor, MonitorDirectoryState, MonitorFileLog, MonitorJobBinding
@@ -185,7 +186,7 @@ class FileMonitorAdmin(TaggableAdminMixin, AuditHistoryMixin, RefusalAuditMixin,
     form = FileMonitorForm
     list_display = (
         "name",
-        "state",
+        "state_badge",
         "target_display",
         "events_display",
         "polling_interval_sec",
@@ -238,6 +239,10 @@ class FileMonitorAdmin(TaggableAdminMixin, AuditHistoryMixin, RefusalAuditMixin,
         "disable_selected",
         "enable_selected",
     ]
+
+    @admin.display(description="state", ordering="state")
+    def state_badge(self, obj: FileMonitor) -> str:
+        return state_badge(obj.state)
 
     @admin.display(description="target")
     def target_display(self, obj: FileMonitor) -> str:

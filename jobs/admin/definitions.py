@@ -8,16 +8,18 @@ from urllib.parse import urlencode
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import QuerySet
+from django.db.models import Count, OuterRef, QuerySet, Subquery
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html
 from unfold.admin import ModelAdmin, TabularInline
 
 from audit.models import AuditLogEntry
 from courier_site.admin_base import AuditHistoryMixin, ReadOnlyAdmin, RefusalAuditMixin, SoftDeleteAdmin
+from courier_site.badges import state_badge
 from courier_site.errors import CourierError
 from jobs import console
 from jobs.admin.schedules import (
@@ -28,7 +30,7 @@ from jobs.admin.schedules import (
 )
 from jobs.definitions import record_version, snapshot
 from jobs.engine import control
-from jobs.models import Job, JobDependency, JobSchedule, JobStep, JobVersion
+from jobs.models import Job, JobDependency, JobExecution, JobSchedule, JobStep, JobVersion
 from jobs.redaction import redact
 from jobs.steps.base import registered_types
 from tags.admin_mixins import TaggableAdminMixin
@@ -108,7 +110,16 @@ class JobAdmin(TaggableAdminMixin, AuditHistoryMixin, RefusalAuditMixin, SoftDel
     tag_entity_type = "job"
     audit_entity_type = "job"
     form = console.JobForm
-    list_display = ("name", "is_enabled", "current_version", "policy_type", "step_count", "updated_at", "run_link")
+    list_display = (
+        "name",
+        "is_enabled",
+        "last_run",
+        "next_run",
+        "current_version",
+        "policy_type",
+        "step_count",
+        "run_link",
+    )
     list_filter = ("is_enabled", "updated_at")
     search_fields = ("name", "description")
     ordering = ("name",)
@@ -122,9 +133,46 @@ class JobAdmin(TaggableAdminMixin, AuditHistoryMixin, RefusalAuditMixin, SoftDel
     actions = ["run_selected"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
-        from django.db.models import Count
+        # One query for the whole page: each job's newest execution comes from one probe of
+        # ix_job_executions_job_id (job_id, created_at DESC) per partition, its next fire time
+        # from ix_job_schedules_job_id, never a query per row nor a scan of the history.
+        newest = JobExecution.objects.filter(job_id=OuterRef("pk")).order_by("-created_at")
+        next_fire = JobSchedule.objects.filter(
+            job_id=OuterRef("pk"), is_enabled=True, next_fire_at__isnull=False
+        ).order_by("next_fire_at")
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                step_total=Subquery(
+                    JobStep.objects.filter(job_id=OuterRef("pk"))
+                    .order_by()
+                    .values("job_id")
+                    .annotate(total=Count("*"))
+                    .values("total")
+                ),
+                last_run_id=Subquery(newest.values("id")[:1]),
+                last_run_state=Subquery(newest.values("state")[:1]),
+                last_run_at=Subquery(newest.values("created_at")[:1]),
+                next_run_at=Subquery(next_fire.values("next_fire_at")[:1]),
+            )
+        )
 
-        return super().get_queryset(request).annotate(step_total=Count("steps"))
+    @admin.display(description="last run", ordering="last_run_at")
+    def last_run(self, obj: Job) -> str:
+        if not getattr(obj, "last_run_id", None):
+            return "never run"
+        url = reverse("admin:jobs_jobexecution_change", args=[obj.last_run_id])
+        when = timezone.localtime(obj.last_run_at).strftime("%Y-%m-%d %H:%M")
+        badge = state_badge(obj.last_run_state)
+        return format_html('<a href="{}">{} <span class="whitespace-nowrap">{}</span></a>', url, badge, when)
+
+    @admin.display(description="next run", ordering="next_run_at")
+    def next_run(self, obj: Job) -> str:
+        next_run_at = getattr(obj, "next_run_at", None)
+        if next_run_at is None:
+            return "-"
+        return timezone.localtime(next_run_at).strftime("%Y-%m-%d %H:%M")
 
     @admin.display(description="add a step")
     def add_step_link(self, obj: Job | None) -> str:
@@ -137,7 +185,7 @@ class JobAdmin(TaggableAdminMixin, AuditHistoryMixin, RefusalAuditMixin, SoftDel
 
     @admin.display(description="steps", ordering="step_total")
     def step_count(self, obj: Job) -> int:
-        return getattr(obj, "step_total", 0)
+        return getattr(obj, "step_total", None) or 0
 
     @admin.display(description="")
     def run_link(self, obj: Job) -> str:
