@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from typing import Any
 
@@ -137,7 +138,10 @@ class ConnectionForm(forms.ModelForm):
         if data.get("auth_method") in ("ssh_key", "password_and_ssh_key") and not data.get("ssh_key"):
             self.add_error("ssh_key", "Key authentication needs an SSH key from the key store.")
         algorithms = data.get("ssh_algorithms")
-        if algorithms and (
+        if algorithms and "\\u0000" in json.dumps(algorithms):
+            # PostgreSQL's jsonb cannot store a NUL character; refuse it here, not with a server error.
+            self.add_error("ssh_algorithms", "Algorithm names cannot hold a NUL character.")
+        elif algorithms and (
             not isinstance(algorithms, dict)
             or set(algorithms) - SSH_ALGORITHM_KEYS
             or not all(

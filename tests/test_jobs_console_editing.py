@@ -290,3 +290,30 @@ def test_connection_retries_outside_zero_to_three_are_a_form_error(as_role) -> N
 
     assert response.status_code == 200
     assert "transport_retries" in response.context["adminform"].form.errors
+
+
+def test_ssh_algorithms_holding_a_nul_character_are_a_form_error(as_role) -> None:
+    client = as_role(ADMIN)
+    data = {
+        "name": "ACME",
+        "protocol": "sftp",
+        "host": "sftp.acme.test",
+        "status": "active",
+        "auth_method": "password",
+        "username": "courier",
+        "new_password": "Partner-Secret-1",
+        "host_key_policy": "trust_on_first_use",
+        "tls_cert_policy": "system_trust",
+        "ssh_algorithms": '{"kex": ["curve25519-sha256\\u0000"]}',
+        "keepalive_interval_sec": 60,
+        "connect_timeout_sec": 30,
+        "operation_timeout_sec": 300,
+        "transport_retries": 2,
+        "known_hosts-TOTAL_FORMS": 0,
+        "known_hosts-INITIAL_FORMS": 0,
+    }
+
+    response = client.post(reverse("admin:connections_connection_add"), data)
+
+    assert response.status_code == 200
+    assert "NUL" in response.context["adminform"].form.errors["ssh_algorithms"][0]
