@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import re
 from typing import Any
 
 from django import forms
+from django.core.validators import MaxValueValidator, MinValueValidator
 
 from connections.models import Connection
 from connections.policy import ALLOW_IN_PRODUCTION, insecure_trust_allowed
@@ -14,6 +17,27 @@ from system.values import setting_bool
 DEFAULT_PORTS = {"sftp": 22, "ftp": 21, "ftps": 21}
 SSH_ALGORITHM_KEYS = {"kex", "ciphers", "macs", "host_key_types"}
 THUMBPRINT = re.compile(r"^[0-9a-f]{64}$")
+NO_HOST = "[E3003] A connection needs the host name or IP address of the partner server."
+HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
+# Accepted ranges of the numeric settings (transport_retries mirrors ck_connections_retries);
+# outside them a save would otherwise reach PostgreSQL and fail there.
+NUMBER_RANGES = {
+    "port": (1, 65535),
+    "connect_timeout_sec": (1, 3600),
+    "operation_timeout_sec": (1, 86400),
+    "keepalive_interval_sec": (0, 3600),
+    "transport_retries": (0, 3),
+}
+
+
+def is_host(value: str) -> bool:
+    """A DNS name (labels of letters, digits, '-' and '_') or an IPv4 / IPv6 address."""
+    try:
+        ipaddress.ip_address(value.strip("[]"))
+        return True
+    except ValueError:
+        pass
+    return len(value) <= 253 and all(HOST_LABEL.match(label) for label in value.rstrip(".").split("."))
 
 
 def is_admin(user: Any) -> bool:
@@ -61,6 +85,24 @@ class ConnectionForm(forms.ModelForm):
         self.refusals: list[dict[str, str]] = []  # audited by the admin after validation
         if "port" in self.fields:  # a read-only page (Viewer, Operator) has no form fields
             self.fields["port"].required = False
+        if "host" in self.fields:
+            self.fields["host"].error_messages["required"] = NO_HOST
+        for name, (lowest, highest) in NUMBER_RANGES.items():
+            if name in self.fields:
+                field = self.fields[name]
+                field.validators += [MinValueValidator(lowest), MaxValueValidator(highest)]
+                field.widget.attrs.update({"min": lowest, "max": highest})
+
+    def clean_host(self) -> str:
+        host = (self.cleaned_data.get("host") or "").strip()
+        if not host:
+            raise forms.ValidationError(NO_HOST)
+        if not is_host(host):
+            raise forms.ValidationError(
+                f"[E3003] {host!r} is no host name or IP address "
+                "(letters, digits, '-' and '.', e.g. sftp.partner.example)."
+            )
+        return host
 
     def _refuse(self, field: str, message: str) -> None:
         self.refusals.append({"field": field, "reason": message})
@@ -96,7 +138,10 @@ class ConnectionForm(forms.ModelForm):
         if data.get("auth_method") in ("ssh_key", "password_and_ssh_key") and not data.get("ssh_key"):
             self.add_error("ssh_key", "Key authentication needs an SSH key from the key store.")
         algorithms = data.get("ssh_algorithms")
-        if algorithms and (
+        if algorithms and "\\u0000" in json.dumps(algorithms):
+            # PostgreSQL's jsonb cannot store a NUL character; refuse it here, not with a server error.
+            self.add_error("ssh_algorithms", "Algorithm names cannot hold a NUL character.")
+        elif algorithms and (
             not isinstance(algorithms, dict)
             or set(algorithms) - SSH_ALGORITHM_KEYS
             or not all(

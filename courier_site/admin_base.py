@@ -1,4 +1,5 @@
-"""Shared console building blocks: read-only and soft-delete aware admins, audited refusals, the audit history link."""
+"""Shared console building blocks: read-only and soft-delete aware admins, audited refusals, the audit history link,
+autocomplete fields that survive garbage input."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from typing import Any
 from urllib.parse import urlencode
 
 from django.contrib import messages
-from django.core.exceptions import PermissionDenied
+from django.contrib.admin.widgets import AutocompleteSelect
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
@@ -138,6 +140,34 @@ class AuditHistoryMixin:
         if obj is not None and self.audit_entity_type and request.user.has_perm("audit.view_auditlogentry"):
             context["audit_history_url"] = self.audit_history_url(obj)
         return super().render_change_form(request, context, add, change, form_url, obj)
+
+
+class TolerantAutocompleteSelect(AutocompleteSelect):
+    """An autocomplete select that redisplays a posted value which is no key at all (not a UUID) as unselected.
+
+    Django's own widget looks the posted value up while drawing the form again and fails
+    with a server error on a value that is no valid key, hiding the form's own error.
+    """
+
+    def optgroups(self, name: str, value: list[Any], attr: dict[str, Any] | None = None) -> Any:
+        target = self.field.target_field
+        usable = []
+        for item in value:
+            try:
+                target.to_python(item)
+            except ValidationError:
+                continue
+            usable.append(item)
+        return super().optgroups(name, usable, attr)
+
+
+class TolerantAutocompleteMixin:
+    """Uses TolerantAutocompleteSelect for the autocomplete_fields of a ModelAdmin or inline."""
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if "widget" not in kwargs and db_field.name in self.get_autocomplete_fields(request):
+            kwargs["widget"] = TolerantAutocompleteSelect(db_field, self.admin_site, using=kwargs.get("using"))
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
 
 def yes_no(value: Any) -> str:

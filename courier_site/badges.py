@@ -1,26 +1,46 @@
-"""Coloured state badges for console lists: one tone per outcome, readable without the theme's CSS."""
+"""Coloured state badges shared by every console list and page (executions, chains, monitors, keys)."""
 
 from __future__ import annotations
 
+from django.template.loader import render_to_string
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-TONES = {
-    "good": ("#14532d", "#dcfce7"),
-    "bad": ("#7f1d1d", "#fee2e2"),
-    "busy": ("#1e3a8a", "#dbeafe"),
-    "wait": ("#713f12", "#fef9c3"),
-    "idle": ("#374151", "#f3f4f6"),
+# unfold's label colours: success green, danger red, warning orange, info blue, primary the
+# theme colour; anything else is drawn grey. A state reads the same colour on every page.
+STATE_VARIANTS = {
+    "completed": "success",
+    "active": "success",
+    "failed": "danger",
+    "error": "danger",
+    "revoked": "danger",
+    "running": "info",
+    "queued": "primary",
+    "pending": "primary",
+    "created": "primary",
+    "paused": "warning",
+    "degraded": "warning",
+    "expiring": "warning",
 }
 
 
+def state_variant(state: str | None) -> str:
+    return STATE_VARIANTS.get(state or "", "default")
+
+
+def state_badge(state: str | None, label: str | None = None) -> SafeString:
+    """The state as a coloured label; data-state lets scripts and tests read it."""
+    if not state:
+        return format_html("{}", "-")
+    badge = render_to_string("unfold/helpers/label.html", {"text": label or state, "type": state_variant(state)})
+    return format_html('<span class="courier-state" data-state="{}">{}</span>', state, SafeString(badge.strip()))
+
+
+# Tones of badges that show something other than an execution state (relay, delivery, enabled).
+TONE_VARIANTS = {"good": "success", "bad": "danger", "busy": "info", "wait": "warning", "idle": "default"}
+
+
 def badge(text: str, tone: str, title: str = "") -> SafeString:
-    colour, background = TONES.get(tone, TONES["idle"])
-    return format_html(
-        '<span class="courier-badge" title="{}" style="display:inline-block;padding:1px 8px;border-radius:9999px;'
-        'font-size:12px;font-weight:600;white-space:nowrap;color:{};background:{}">{}</span>',
-        title,
-        colour,
-        background,
-        text,
-    )
+    """A coloured label in one of the tones; title (e.g. the last error) shows on hover."""
+    label = render_to_string("unfold/helpers/label.html", {"text": text, "type": TONE_VARIANTS.get(tone, "default")})
+    return format_html('<span class="courier-badge" title="{}">{}</span>', title, SafeString(label.strip()))

@@ -231,4 +231,11 @@ UNFOLD = {
     "SITE_SUBHEADER": "Managed file transfer",
     "SHOW_HISTORY": True,
     "SHOW_VIEW_ON_SITE": False,
+    "SIDEBAR": {
+        # Pages grouped by task (Overview, Jobs & runs, Schedules & chains, Monitors, Partners,
+        # Keys, Audit, Administration), each item shown only to users who may view it.
+        "navigation": "console.navigation.sidebar",
+        "show_search": True,
+        "show_all_applications": False,
+    },
 }

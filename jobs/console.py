@@ -9,6 +9,7 @@ from typing import Any
 
 from django import forms
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.utils.html import format_html_join
 
 from courier_site.errors import CourierError
@@ -85,10 +86,33 @@ class JobForm(forms.ModelForm):
         return cleaned
 
 
+# Orders and timeouts a step may have: ck_job_steps_order_positive and ck_job_steps_timeout_positive
+# hold the lower bounds in the database; the upper bounds keep reordering (which parks moving
+# rows above every wanted order) far from the integer limit.
+MAX_STEP_ORDER = 9999
+MAX_STEP_TIMEOUT_SECONDS = 7 * 24 * 3600
+UNKNOWN_STEP_TYPE = "[E2001] unknown step type '%(value)s'; choose one of the listed types"
+STEP_PAGE_FIELDS = ("job", "step_order", "name", "type_key", "alias", "timeout_seconds")
+CONFIG_PREFIX = "config__"
+
+
+def has_nul(value: Any) -> bool:
+    """Whether a NUL character hides anywhere in a JSON value (PostgreSQL's jsonb cannot store one)."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(has_nul(key) or has_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(has_nul(item) for item in value)
+    return False
+
+
 class JobStepForm(forms.ModelForm):
     """One step row: the type must be registered and the configuration must fit its schema."""
 
-    type_key = forms.ChoiceField(choices=step_type_choices, help_text="What the step does.")
+    type_key = forms.ChoiceField(
+        choices=step_type_choices, help_text="What the step does.", error_messages={"invalid_choice": UNKNOWN_STEP_TYPE}
+    )
 
     class Meta:
         fields = ("step_order", "name", "type_key", "alias", "configuration", "timeout_seconds")
@@ -97,12 +121,31 @@ class JobStepForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         if "configuration" in self.fields:
             self.fields["configuration"].help_text = step_type_reference()
+            # A long path stays on one line (the box scrolls) instead of breaking mid-word.
+            self.fields["configuration"].widget.attrs.update(
+                {"wrap": "off", "rows": 4, "style": "font-family: monospace; min-width: 28rem; white-space: pre"}
+            )
+        for name, lowest, highest in (
+            ("step_order", 0, MAX_STEP_ORDER),
+            ("timeout_seconds", 1, MAX_STEP_TIMEOUT_SECONDS),
+        ):
+            if name in self.fields:
+                self.fields[name].validators += [MinValueValidator(lowest), MaxValueValidator(highest)]
+                self.fields[name].widget.attrs.update({"min": lowest, "max": highest})
 
     def clean_alias(self) -> str | None:
         alias = (self.cleaned_data.get("alias") or "").strip() or None
         if alias and not ALIAS.match(alias):
             raise ValidationError("An alias starts with a letter or _ and holds only letters, digits and _.")
         return alias
+
+    def clean_configuration(self) -> Any:
+        configuration = self.cleaned_data.get("configuration")
+        if configuration is None:
+            raise ValidationError('[E2002] the configuration must be a JSON object, e.g. {"path": "in/*.csv"}')
+        if has_nul(configuration):
+            raise ValidationError("[E2002] the configuration holds a NUL character (\\u0000), which cannot be stored")
+        return configuration
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
@@ -120,20 +163,96 @@ class JobStepForm(forms.ModelForm):
         return cleaned
 
 
+class StepPageForm(JobStepForm):
+    """A step on its own page: its configuration as one field per documented key of its type.
+
+    step_page_form() adds the config__<key> fields of one type; the step's order and alias are
+    checked against the other steps of its job [E2009].
+    """
+
+    config_type_key = ""
+
+    class Meta:
+        fields = STEP_PAGE_FIELDS
+
+    def config_names(self) -> list[str]:
+        return [name for name in self.fields if name.startswith(CONFIG_PREFIX)]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        self._check_slot(cleaned)
+        type_key = cleaned.get("type_key")
+        if not type_key or type_key != self.config_type_key:
+            return cleaned
+        configuration = {
+            name[len(CONFIG_PREFIX) :]: cleaned[name]
+            for name in self.config_names()
+            if cleaned.get(name) not in (None, "")
+        }
+        stored = self.instance.configuration if self.instance.pk else {}
+        for config_field in get_step_type(type_key).fields:
+            # Write-only: an empty secret field keeps the stored value.
+            if config_field.secret and config_field.name not in configuration and config_field.name in (stored or {}):
+                configuration[config_field.name] = stored[config_field.name]
+        if has_nul(configuration):
+            self.add_error(None, "[E2002] the configuration holds a NUL character, which cannot be stored")
+            return cleaned
+        label = f"step {cleaned.get('step_order')} ({cleaned.get('name') or type_key})"
+        for problem in get_step_type(type_key).validate(configuration, label):
+            key = next((name for name in self.config_names() if f"'{name[len(CONFIG_PREFIX) :]}'" in problem), None)
+            self.add_error(key, f"[E2002] {problem}")
+        self.instance.configuration = seal_config(type_key, configuration)
+        return cleaned
+
+    def _check_slot(self, cleaned: dict[str, Any]) -> None:
+        job = cleaned.get("job")
+        if job is None:
+            return
+        others = self._meta.model.objects.filter(job=job).exclude(pk=self.instance.pk)
+        order = cleaned.get("step_order")
+        taken = others.filter(step_order=order).first() if order is not None else None
+        if taken is not None:
+            used = set(others.values_list("step_order", flat=True))
+            free = next(number for number in range(MAX_STEP_ORDER + 2) if number not in used)
+            self.add_error(
+                "step_order",
+                f"[E2009] order {order} is taken by step '{taken.name}' of job '{job}'; the first free order is {free}",
+            )
+        alias = cleaned.get("alias")
+        taken = others.filter(alias=alias).first() if alias else None
+        if taken is not None:
+            self.add_error("alias", f"[E2009] alias '{alias}' is already used by step '{taken.name}' of job '{job}'")
+
+
+def step_page_form(base: type[StepPageForm], type_key: str, step: Any = None) -> type[StepPageForm]:
+    """base (the admin's model form) with the configuration fields of type_key, filled from step."""
+    config_form = config_form_class(type_key)
+    attrs: dict[str, Any] = {"config_type_key": type_key}
+    for name, field in config_form.base_fields.items():
+        if step is not None and not is_secret_field(type_key, name):
+            field.initial = (step.configuration or {}).get(name, field.initial)
+        attrs[f"{CONFIG_PREFIX}{name}"] = field
+    return type("StepConfigurationForm", (base,), attrs)
+
+
 class JobStepFormSet(forms.BaseInlineFormSet):
     """Checks the definition as a whole: block structure and context references."""
 
     def clean(self) -> None:
         super().clean()
         steps = []
-        orders = set()
+        orders: set[int] = set()
+        aliases: set[str] = set()
         for form in self.forms:
             if not hasattr(form, "cleaned_data") or not form.cleaned_data or form.cleaned_data.get("DELETE"):
                 continue
             data = form.cleaned_data
             if data.get("step_order") in orders:
-                raise ValidationError(f"two steps have order {data.get('step_order')}; orders must be unique")
+                raise ValidationError(f"[E2009] two steps have order {data.get('step_order')}; orders must be unique")
             orders.add(data.get("step_order"))
+            if data.get("alias") and data["alias"] in aliases:
+                raise ValidationError(f"[E2009] two steps have alias '{data['alias']}'; aliases must be unique")
+            aliases.add(data.get("alias"))
             steps.append(
                 {
                     "step_order": data.get("step_order"),

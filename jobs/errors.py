@@ -25,6 +25,12 @@ class InvalidFailurePolicy(CourierError):
     code = "E2004"
 
 
+class StepSlotTaken(CourierError):
+    """Another step of the same job already has this step order or alias."""
+
+    code = "E2009"
+
+
 class IllegalTransition(CourierError):
     code = "E2010"
 

@@ -18,6 +18,7 @@ from unfold.admin import ModelAdmin
 from audit.models import AuditLogEntry
 from connections.forms import is_admin
 from courier_site.admin_base import AuditHistoryMixin, RefusalAuditMixin, SoftDeleteAdmin, yes_no
+from courier_site.badges import state_badge
 from courier_site.errors import CourierError
 from keystore import lifecycle
 from keystore.forms import PgpKeyAddForm, PgpKeyChangeForm, SshKeyAddForm
@@ -42,6 +43,10 @@ class KeyCreationMixin:
     @admin.display(description="private key")
     def private_state(self, obj: Any) -> str:
         return yes_no(obj.private_key_data)
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, obj: Any) -> str:
+        return state_badge(obj.status)
 
     @admin.display(description="")
     def public_link(self, obj: Any) -> str:
@@ -96,7 +101,7 @@ class PgpKeyAdmin(TaggableAdminMixin, KeyCreationMixin, AuditHistoryMixin, Refus
         "short_key_id",
         "algorithm",
         "key_type",
-        "status",
+        "status_badge",
         "expires_at",
         "private_state",
         "created_by",
@@ -242,7 +247,7 @@ class SshKeyAdmin(TaggableAdminMixin, KeyCreationMixin, AuditHistoryMixin, Refus
     def store(self, request: HttpRequest, obj: Any, form: Any, operation: str) -> Any:
         return save_ssh_key(obj.name, form.material, by=request.user, operation=operation, notes=obj.notes or "")
 
-    list_display = ("name", "key_type", "fingerprint", "status", "created_by", "created_at", "public_link")
+    list_display = ("name", "key_type", "fingerprint", "status_badge", "created_by", "created_at", "public_link")
     list_filter = ("status", "key_type")
     search_fields = ("name", "fingerprint")
     readonly_fields = (

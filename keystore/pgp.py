@@ -71,6 +71,9 @@ def gnupg_home() -> Iterator[gnupg.GPG]:
         # python-gnupg feeds gpg's stdin 16 KiB at a time; 1 MiB blocks keep the Python
         # side out of the way on large files.
         gpg.buffer_size = 1024 * 1024
+        # gpg speaks UTF-8 (user ids, passphrases); python-gnupg's latin-1 default fails on a
+        # name or passphrase outside latin-1 with an encoding error instead of making the key.
+        gpg.encoding = "utf-8"
         yield gpg
     finally:
         shutil.rmtree(home, ignore_errors=True)

@@ -17,7 +17,14 @@ from unfold.admin import TabularInline
 
 from audit.models import AuditLogEntry
 from connections.models import Connection
-from courier_site.admin_base import AuditHistoryMixin, ReadOnlyAdmin, RefusalAuditMixin, SoftDeleteAdmin
+from courier_site.admin_base import (
+    AuditHistoryMixin,
+    ReadOnlyAdmin,
+    RefusalAuditMixin,
+    SoftDeleteAdmin,
+    TolerantAutocompleteMixin,
+)
+from courier_site.badges import state_badge
 from courier_site.errors import CourierError
 from monitors import detection, services
 from monitors.models import FileMonitor, MonitorDirectoryState, MonitorFileLog, MonitorJobBinding
@@ -163,7 +170,7 @@ class BindingForm(forms.ModelForm):
         return cleaned
 
 
-class BindingInline(TabularInline):
+class BindingInline(TolerantAutocompleteMixin, TabularInline):
     model = MonitorJobBinding
     form = BindingForm
     extra = 0
@@ -179,7 +186,7 @@ class FileMonitorAdmin(TaggableAdminMixin, AuditHistoryMixin, RefusalAuditMixin,
     form = FileMonitorForm
     list_display = (
         "name",
-        "state",
+        "state_badge",
         "target_display",
         "events_display",
         "polling_interval_sec",
@@ -232,6 +239,10 @@ class FileMonitorAdmin(TaggableAdminMixin, AuditHistoryMixin, RefusalAuditMixin,
         "disable_selected",
         "enable_selected",
     ]
+
+    @admin.display(description="state", ordering="state")
+    def state_badge(self, obj: FileMonitor) -> str:
+        return state_badge(obj.state)
 
     @admin.display(description="target")
     def target_display(self, obj: FileMonitor) -> str:

@@ -16,7 +16,14 @@ from django.utils.html import format_html
 from unfold.admin import TabularInline
 
 from audit.models import AuditLogEntry
-from courier_site.admin_base import AuditHistoryMixin, ReadOnlyAdmin, RefusalAuditMixin, SoftDeleteAdmin
+from courier_site.admin_base import (
+    AuditHistoryMixin,
+    ReadOnlyAdmin,
+    RefusalAuditMixin,
+    SoftDeleteAdmin,
+    TolerantAutocompleteMixin,
+)
+from courier_site.badges import state_badge
 from courier_site.errors import CourierError
 from jobs import chains
 from jobs.admin.schedules import ChainScheduleInline, save_schedule_formset
@@ -70,7 +77,7 @@ class ChainMemberFormSet(forms.BaseInlineFormSet):
             raise forms.ValidationError(str(error)) from error
 
 
-class JobChainMemberInline(TabularInline):
+class JobChainMemberInline(TolerantAutocompleteMixin, TabularInline):
     model = JobChainMember
     fk_name = "chain"
     form = ChainMemberForm
@@ -228,7 +235,7 @@ class JobChainAdmin(TaggableAdminMixin, AuditHistoryMixin, RefusalAuditMixin, So
 @admin.register(ChainExecution)
 class ChainExecutionAdmin(AuditHistoryMixin, ReadOnlyAdmin):
     audit_entity_type = "chain_execution"
-    list_display = ("short_id", "chain", "state", "triggered_by", "started_at", "completed_at", "error_message")
+    list_display = ("short_id", "chain", "state_badge", "triggered_by", "started_at", "completed_at", "error_message")
     list_filter = ("state", "created_at")
     list_select_related = ("chain",)
     search_fields = ("chain__name", "=id", "triggered_by")
@@ -241,6 +248,10 @@ class ChainExecutionAdmin(AuditHistoryMixin, ReadOnlyAdmin):
     @admin.display(description="chain execution")
     def short_id(self, obj: ChainExecution) -> str:
         return str(obj.pk)[:8]
+
+    @admin.display(description="state", ordering="state")
+    def state_badge(self, obj: ChainExecution) -> str:
+        return state_badge(obj.state)
 
     def has_cancel_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("jobs.run_jobchain")
@@ -317,7 +328,19 @@ class JobChainMemberAdmin(ReadOnlyAdmin):
 
 @admin.register(ChainExecutionMember)
 class ChainExecutionMemberAdmin(ReadOnlyAdmin):
-    list_display = ("chain_execution", "execution_order", "job", "state", "job_execution_id", "note", "updated_at")
+    list_display = (
+        "chain_execution",
+        "execution_order",
+        "job",
+        "state_badge",
+        "job_execution_id",
+        "note",
+        "updated_at",
+    )
     list_filter = ("state",)
     list_select_related = ("chain_execution__chain", "job")
     search_fields = ("=chain_execution__id", "job__name")
+
+    @admin.display(description="state", ordering="state")
+    def state_badge(self, obj: ChainExecutionMember) -> str:
+        return state_badge(obj.state)

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlencode
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import QuerySet
+from django.db.models import Count, OuterRef, QuerySet, Subquery
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html
 from unfold.admin import ModelAdmin, TabularInline
 
 from audit.models import AuditLogEntry
 from courier_site.admin_base import AuditHistoryMixin, ReadOnlyAdmin, RefusalAuditMixin, SoftDeleteAdmin
+from courier_site.badges import state_badge
 from courier_site.errors import CourierError
 from jobs import console
 from jobs.admin.schedules import (
@@ -27,20 +30,51 @@ from jobs.admin.schedules import (
 )
 from jobs.definitions import record_version, snapshot
 from jobs.engine import control
-from jobs.models import Job, JobDependency, JobSchedule, JobStep, JobVersion
+from jobs.models import Job, JobDependency, JobExecution, JobSchedule, JobStep, JobVersion
 from jobs.redaction import redact
-from jobs.secrets import seal_config
+from jobs.steps.base import registered_types
 from tags.admin_mixins import TaggableAdminMixin
 
 
 class JobStepInline(TabularInline):
+    """The job's steps in order; each row links to the step's own page with one field per configuration key."""
+
     model = JobStep
     form = console.JobStepForm
     formset = console.JobStepFormSet
     extra = 0
     ordering = ("step_order",)
-    fields = ("step_order", "name", "type_key", "alias", "configuration", "timeout_seconds")
-    show_change_link = True
+    fields = ("step_order", "name", "type_key", "alias", "configuration", "timeout_seconds", "form_link")
+    readonly_fields = ("form_link",)
+
+    @admin.display(description="form")
+    def form_link(self, obj: JobStep) -> str:
+        if obj is None or obj.pk is None:
+            return "-"
+        return format_html('<a href="{}">Edit with form…</a>', reverse("admin:jobs_jobstep_change", args=[obj.pk]))
+
+
+def free_moving_steps(formset: Any) -> None:
+    """Park the steps whose order or alias changes, or which go, above every order the formset wants.
+
+    ix_job_steps_job_order and ix_job_steps_job_alias are checked row by row, so saving the
+    rows of a reordering (0 and 1 swapped) one after the other would meet an order still
+    held by a row not saved yet. Parked rows are then written with their new values.
+    """
+    moving = [
+        form.instance.pk
+        for form in formset.initial_forms
+        if form.instance.pk is not None
+        and (form in formset.deleted_forms or {"step_order", "alias"} & set(form.changed_data))
+    ]
+    if not moving:
+        return
+    job = formset.instance
+    wanted = [form.cleaned_data.get("step_order") or 0 for form in formset.forms if getattr(form, "cleaned_data", None)]
+    held = list(JobStep.objects.filter(job=job).values_list("step_order", flat=True))
+    parking = max([*wanted, *held, 0]) + 1
+    for offset, pk in enumerate(moving):
+        JobStep.objects.filter(pk=pk).update(step_order=parking + offset, alias=None)
 
 
 class JobVersionInline(TabularInline):
@@ -59,7 +93,7 @@ class JobVersionInline(TabularInline):
 
     @admin.display(description="changes")
     def diff_link(self, obj: JobVersion) -> str:
-        if obj.version_number <= 1:
+        if not obj.version_number or obj.version_number <= 1:
             return "first version"
         url = reverse("admin:jobs_job_diff", args=[obj.job_id])
         return format_html(
@@ -76,27 +110,82 @@ class JobAdmin(TaggableAdminMixin, AuditHistoryMixin, RefusalAuditMixin, SoftDel
     tag_entity_type = "job"
     audit_entity_type = "job"
     form = console.JobForm
-    list_display = ("name", "is_enabled", "current_version", "policy_type", "step_count", "updated_at", "run_link")
+    list_display = (
+        "name",
+        "is_enabled",
+        "last_run",
+        "next_run",
+        "current_version",
+        "policy_type",
+        "step_count",
+        "run_link",
+    )
     list_filter = ("is_enabled", "updated_at")
     search_fields = ("name", "description")
     ordering = ("name",)
     inlines = [JobStepInline, UpstreamDependencyInline, JobScheduleInline, JobVersionInline]
-    readonly_fields = ("current_version", "created_at", "updated_at")
+    readonly_fields = ("current_version", "add_step_link", "created_at", "updated_at")
     fieldsets = (
-        (None, {"fields": ("name", "description", "is_enabled", "current_version")}),
+        (None, {"fields": ("name", "description", "is_enabled", "current_version", "add_step_link")}),
         ("Failure policy", {"fields": ("policy_type", "max_retries", "backoff_base_seconds", "backoff_max_seconds")}),
         ("History", {"fields": ("created_at", "updated_at")}),
     )
     actions = ["run_selected"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
-        from django.db.models import Count
+        # One query for the whole page: each job's newest execution comes from one probe of
+        # ix_job_executions_job_id (job_id, created_at DESC) per partition, its next fire time
+        # from ix_job_schedules_job_id, never a query per row nor a scan of the history.
+        newest = JobExecution.objects.filter(job_id=OuterRef("pk")).order_by("-created_at")
+        next_fire = JobSchedule.objects.filter(
+            job_id=OuterRef("pk"), is_enabled=True, next_fire_at__isnull=False
+        ).order_by("next_fire_at")
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                step_total=Subquery(
+                    JobStep.objects.filter(job_id=OuterRef("pk"))
+                    .order_by()
+                    .values("job_id")
+                    .annotate(total=Count("*"))
+                    .values("total")
+                ),
+                last_run_id=Subquery(newest.values("id")[:1]),
+                last_run_state=Subquery(newest.values("state")[:1]),
+                last_run_at=Subquery(newest.values("created_at")[:1]),
+                next_run_at=Subquery(next_fire.values("next_fire_at")[:1]),
+            )
+        )
 
-        return super().get_queryset(request).annotate(step_total=Count("steps"))
+    @admin.display(description="last run", ordering="last_run_at")
+    def last_run(self, obj: Job) -> str:
+        if not getattr(obj, "last_run_id", None):
+            return "never run"
+        url = reverse("admin:jobs_jobexecution_change", args=[obj.last_run_id])
+        when = timezone.localtime(obj.last_run_at).strftime("%Y-%m-%d %H:%M")
+        badge = state_badge(obj.last_run_state)
+        return format_html('<a href="{}">{} <span class="whitespace-nowrap">{}</span></a>', url, badge, when)
+
+    @admin.display(description="next run", ordering="next_run_at")
+    def next_run(self, obj: Job) -> str:
+        next_run_at = getattr(obj, "next_run_at", None)
+        if next_run_at is None:
+            return "-"
+        return timezone.localtime(next_run_at).strftime("%Y-%m-%d %H:%M")
+
+    @admin.display(description="add a step")
+    def add_step_link(self, obj: Job | None) -> str:
+        if obj is None or obj.pk is None:
+            return "Save the job first, or add steps in the table below."
+        orders = list(obj.steps.values_list("step_order", flat=True))
+        url = reverse("admin:jobs_jobstep_add")
+        query = urlencode({"job": obj.pk, "step_order": max(orders, default=-1) + 1})
+        return format_html('<a href="{}?{}">Add a step with its type\'s form…</a>', url, query)
 
     @admin.display(description="steps", ordering="step_total")
     def step_count(self, obj: Job) -> int:
-        return getattr(obj, "step_total", 0)
+        return getattr(obj, "step_total", None) or 0
 
     @admin.display(description="")
     def run_link(self, obj: Job) -> str:
@@ -118,6 +207,8 @@ class JobAdmin(TaggableAdminMixin, AuditHistoryMixin, RefusalAuditMixin, SoftDel
         elif formset.model is JobDependency:
             save_dependency_formset(request, formset)
         else:
+            if formset.model is JobStep:
+                free_moving_steps(formset)
             super().save_formset(request, form, formset, change)
 
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
@@ -212,64 +303,70 @@ class JobStepAdmin(RefusalAuditMixin, ModelAdmin):
     """A step on its own page: its configuration edited through a form built from the step type's schema."""
 
     audit_entity_type = "job_step"
-
+    form = console.StepPageForm
     list_display = ("job", "step_order", "name", "type_key", "timeout_seconds")
     list_filter = ("type_key",)
     search_fields = ("name", "job__name", "type_key")
     list_select_related = ("job",)
     ordering = ("job__name", "step_order")
 
+    def step_type_for(self, request: HttpRequest, obj: Any) -> str | None:
+        """The type whose configuration fields the page shows: the posted one, else the step's, else ?type_key=."""
+        for candidate in (request.POST.get("type_key"), obj.type_key if obj else None, request.GET.get("type_key")):
+            if candidate and candidate in registered_types():
+                return candidate
+        return None
+
     def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
-        type_key = obj.type_key if obj else request.GET.get("type_key")
-        kwargs["fields"] = ("job", "step_order", "name", "type_key", "alias", "timeout_seconds")
+        kwargs["fields"] = console.STEP_PAGE_FIELDS
         base = super().get_form(request, obj, change, **kwargs)
-        if not type_key:
-            return base
-        try:
-            config_form = console.config_form_class(type_key)
-        except CourierError:
-            return base
-        attrs = {f"config__{name}": field for name, field in config_form.base_fields.items()}
-
-        def clean(form: Any) -> dict[str, Any]:
-            cleaned = base.clean(form)
-            configuration = {
-                name[len("config__") :]: value
-                for name, value in cleaned.items()
-                if name.startswith("config__") and value not in (None, "")
-            }
-            secret_names = {field.name for field in console.get_step_type(type_key).fields if field.secret}
-            for name in secret_names:  # write-only: an empty secret field keeps the stored value
-                if name not in configuration and form.instance.pk and name in (form.instance.configuration or {}):
-                    configuration[name] = form.instance.configuration[name]
-            problems = console.get_step_type(type_key).validate(configuration, f"step {cleaned.get('step_order')}")
-            for problem in problems:
-                key = next((name for name in config_form.base_fields if f"'{name}'" in problem), None)
-                form.add_error(f"config__{key}" if key else None, f"[E2002] {problem}")
-            form.instance.configuration = seal_config(type_key, configuration)
-            return cleaned
-
-        attrs["clean"] = clean
-        form_class = type("StepConfigurationForm", (base,), attrs)
-        if obj is not None:
-            for name in config_form.base_fields:
-                field = form_class.base_fields[f"config__{name}"]
-                if not console.is_secret_field(type_key, name):
-                    field.initial = (obj.configuration or {}).get(name, field.initial)
-        return form_class
+        type_key = self.step_type_for(request, obj)
+        return console.step_page_form(base, type_key, obj) if type_key else base
 
     def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
         form = self.get_form(request, obj)
-        config_fields = [name for name in form.base_fields if name.startswith("config__")]
-        sets = [(None, {"fields": ("job", "step_order", "name", "type_key", "alias", "timeout_seconds")})]
+        config_fields = [name for name in form.base_fields if name.startswith(console.CONFIG_PREFIX)]
+        sets: list[Any] = [(None, {"fields": console.STEP_PAGE_FIELDS})]
         if config_fields:
             sets.append(("Configuration", {"fields": config_fields}))
         return sets
+
+    def add_view(self, request: HttpRequest, form_url: str = "", extra_context: Any = None) -> HttpResponse:
+        if request.method == "GET" and self.step_type_for(request, None) is None and self.has_add_permission(request):
+            return self.choose_type_view(request)
+        return super().add_view(request, form_url, extra_context)
+
+    def choose_type_view(self, request: HttpRequest) -> HttpResponse:
+        """First step of adding a step: pick its type, so the form can show that type's configuration fields."""
+        kept = {key: value for key, value in request.GET.items() if key in ("job", "step_order", "name")}
+        add_url = reverse("admin:jobs_jobstep_add")
+        choices = [
+            {"key": key, "label": label, "url": f"{add_url}?{urlencode({**kept, 'type_key': key})}"}
+            for key, label in console.step_type_choices()
+        ]
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Add a step: choose its type",
+            "choices": choices,
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "admin/jobs/jobstep/choose_type.html", context)
 
     def save_model(self, request: HttpRequest, obj: JobStep, form: Any, change: bool) -> None:
         obj.alias = (obj.alias or "").strip() or None
         super().save_model(request, obj, form, change)
         record_version(obj.job, created_by=request.user)
+
+    def back_to_job(self, request: HttpRequest, obj: JobStep) -> HttpResponse:
+        if request.user.has_perm("jobs.view_job"):
+            return HttpResponseRedirect(reverse("admin:jobs_job_change", args=[obj.job_id]))
+        return HttpResponseRedirect(reverse("admin:jobs_jobstep_changelist"))
+
+    def response_post_save_add(self, request: HttpRequest, obj: JobStep) -> HttpResponse:
+        return self.back_to_job(request, obj)
+
+    def response_post_save_change(self, request: HttpRequest, obj: JobStep) -> HttpResponse:
+        return self.back_to_job(request, obj)
 
 
 @admin.register(JobVersion)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import timedelta
 from typing import Any
 
@@ -14,10 +15,11 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from audit.models import AuditLogEntry
 from courier_site.admin_base import AuditHistoryMixin, ReadOnlyAdmin
+from courier_site.badges import state_badge
 from courier_site.errors import CourierError
 from jobs.engine import control
 from jobs.models import JobExecution, StepExecution
@@ -60,13 +62,50 @@ class CreatedWithinFilter(admin.SimpleListFilter):
         return queryset
 
 
+ERROR_CODE = re.compile(r"\[(E\d{4})\]")
+LIVE_STATES = ("queued", "running")
+
+
+def error_code(message: str | None) -> str:
+    """The first [Ennnn] code in an error message, or ""."""
+    found = ERROR_CODE.search(message or "")
+    return found.group(1) if found else ""
+
+
+def elapsed_seconds(execution: JobExecution, now: Any = None) -> float | None:
+    """Run time: start to end, or start to now while it has not ended."""
+    if execution.started_at is None:
+        return None
+    end = execution.completed_at or now or timezone.now()
+    return max((end - execution.started_at).total_seconds(), 0.0)
+
+
+def context_rows(execution: JobExecution) -> list[tuple[str, str]]:
+    """The context values as (key, value) rows, secrets redacted; nested values as compact JSON."""
+    values = redact((execution.context_snapshot or {}).get("values") or {})
+    return [
+        (str(key), value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False))
+        for key, value in sorted(values.items(), key=lambda item: str(item[0]))
+    ]
+
+
+def step_progress(step: StepExecution) -> dict[str, Any] | None:
+    """The running step's live progress with its percentage, when the step reports one."""
+    if step.state != "running" or not step.progress:
+        return None
+    progress = dict(step.progress)
+    total, done = progress.get("bytes_total"), progress.get("bytes_done") or 0
+    progress["percent"] = min(100, int(done * 100 / total)) if total else None
+    return progress
+
+
 @admin.register(JobExecution)
 class JobExecutionAdmin(AuditHistoryMixin, ReadOnlyAdmin):
     audit_entity_type = "job_execution"
     list_display = (
         "short_id",
         "job",
-        "state",
+        "state_badge",
         "triggered_by",
         "job_version_number",
         "attempt",
@@ -93,15 +132,20 @@ class JobExecutionAdmin(AuditHistoryMixin, ReadOnlyAdmin):
         "worker_name",
         "heartbeat_at",
         "error_message",
-        "context",
     )
     readonly_fields = fields
-    change_form_after_template = "admin/jobs/jobexecution/timeline.html"
+    # The page draws its own header, step timeline (refreshed while the run goes on) and
+    # context table instead of the generic read-only fieldset.
+    change_form_template = "admin/jobs/jobexecution/change_form.html"
     actions = ["cancel_selected"]
 
     @admin.display(description="execution")
     def short_id(self, obj: JobExecution) -> str:
         return str(obj.pk)[:8]
+
+    @admin.display(description="state", ordering="state")
+    def state_badge(self, obj: JobExecution) -> str:
+        return state_badge(obj.state)
 
     @admin.display(description="chain execution")
     def chain_link(self, obj: JobExecution) -> str:
@@ -118,11 +162,6 @@ class JobExecutionAdmin(AuditHistoryMixin, ReadOnlyAdmin):
     @admin.display(description="error")
     def error_excerpt(self, obj: JobExecution) -> str:
         return (obj.error_message or "")[:120]
-
-    @admin.display(description="context (secrets redacted)")
-    def context(self, obj: JobExecution) -> str:
-        values = (obj.context_snapshot or {}).get("values", {})
-        return format_html("<pre>{}</pre>", json.dumps(redact(values), indent=2, default=str))
 
     def has_control_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("jobs.control_jobexecution")
@@ -143,12 +182,36 @@ class JobExecutionAdmin(AuditHistoryMixin, ReadOnlyAdmin):
         return own + super().get_urls()
 
     def timeline_context(self, execution: JobExecution) -> dict[str, Any]:
+        """What the live part of the page shows: header facts, the step timeline and the verbs the state allows."""
         steps = list(StepExecution.objects.for_execution(execution.pk))
+        failed_step = next((step for step in reversed(steps) if step.state == "failed"), None)
+        error = (failed_step.error_message if failed_step and failed_step.error_message else None) or (
+            execution.error_message or ""
+        )
+        for step in steps:
+            step.live_progress = step_progress(step)
+            step.output_url = reverse("admin:jobs_stepexecution_change", args=[step.pk])
+        retry_of_url = (
+            reverse("admin:jobs_jobexecution_change", args=[execution.retry_of_execution_id])
+            if execution.retry_of_execution_id
+            else ""
+        )
         return {
             "execution": execution,
             "steps": steps,
-            "live": execution.state in ("queued", "running"),
+            "live": execution.state in LIVE_STATES,
             "verbs": self.available_verbs(execution),
+            "elapsed_seconds": elapsed_seconds(execution),
+            "failed_step": failed_step,
+            # The code is shown on its own, in front of the message without it.
+            "error": ERROR_CODE.sub("", error, count=1).strip() if execution.state in ("failed", "cancelled") else "",
+            "error_code": error_code(error) if execution.state in ("failed", "cancelled") else "",
+            "retry_of_url": retry_of_url,
+            "chain_url": (
+                reverse("admin:jobs_chainexecution_change", args=[execution.chain_execution_id])
+                if execution.chain_execution_id
+                else ""
+            ),
         }
 
     @staticmethod
@@ -166,6 +229,8 @@ class JobExecutionAdmin(AuditHistoryMixin, ReadOnlyAdmin):
         if obj is not None:
             context.update(self.timeline_context(obj))
             context["can_control"] = self.has_control_permission(request)
+            context["context_rows"] = context_rows(obj)
+            context["job_url"] = reverse("admin:jobs_job_change", args=[obj.job_id])
         return super().render_change_form(request, context, *args, **kwargs)
 
     def timeline_view(self, request: HttpRequest, execution_id: Any) -> HttpResponse:
@@ -237,12 +302,14 @@ class JobExecutionAdmin(AuditHistoryMixin, ReadOnlyAdmin):
 
 @admin.register(StepExecution)
 class StepExecutionAdmin(ReadOnlyAdmin):
+    """One step of one run: its outputs (secrets redacted), error and stack trace; opened from the timeline."""
+
     list_display = (
         "job_execution_id",
         "position",
         "step_name",
         "type_key",
-        "state",
+        "state_badge",
         "retry_attempt",
         "iteration_index",
         "duration_ms",
@@ -252,4 +319,53 @@ class StepExecutionAdmin(ReadOnlyAdmin):
     list_filter = ("state", "type_key", "created_at")
     search_fields = ("=job_execution__id", "step_name", "type_key")
     ordering = ("-created_at",)
-    exclude = ("job_execution", "job_step")
+    fields = (
+        "execution_link",
+        "position",
+        "step_name",
+        "type_key",
+        "state_badge",
+        "retry_attempt",
+        "iteration_index",
+        "started_at",
+        "completed_at",
+        "duration_ms",
+        "bytes_processed",
+        "error_message",
+        "outputs",
+        "stack_trace",
+    )
+    readonly_fields = fields
+
+    @admin.display(description="state", ordering="state")
+    def state_badge(self, obj: StepExecution) -> str:
+        return state_badge(obj.state)
+
+    @admin.display(description="execution")
+    def execution_link(self, obj: StepExecution) -> str:
+        url = reverse("admin:jobs_jobexecution_change", args=[obj.job_execution_id])
+        return format_html('<a href="{}">{}</a>', url, str(obj.job_execution_id)[:8])
+
+    @admin.display(description="outputs (secrets redacted)")
+    def outputs(self, obj: StepExecution) -> str:
+        values = redact(obj.output_data or {})
+        if not isinstance(values, dict) or not values:
+            return "-" if not values else format_html("<code>{}</code>", json.dumps(values, default=str))
+        rows = (
+            (key, value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False))
+            for key, value in sorted(values.items(), key=lambda item: str(item[0]))
+        )
+        return format_html(
+            '<table class="courier-kv">{}</table>',
+            format_html_join(
+                "",
+                '<tr><th class="text-left pr-4 align-top">{}</th><td style="overflow-wrap:anywhere">{}</td></tr>',
+                rows,
+            ),
+        )
+
+    @admin.display(description="stack trace")
+    def stack_trace(self, obj: StepExecution) -> str:
+        if not obj.error_stack_trace:
+            return "-"
+        return format_html('<pre style="white-space:pre-wrap;overflow-wrap:anywhere">{}</pre>', obj.error_stack_trace)

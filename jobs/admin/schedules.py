@@ -13,7 +13,7 @@ from django.utils.html import format_html, format_html_join
 from unfold.admin import ModelAdmin, TabularInline
 
 from audit.models import AuditLogEntry
-from courier_site.admin_base import RefusalAuditMixin
+from courier_site.admin_base import RefusalAuditMixin, TolerantAutocompleteMixin
 from courier_site.errors import CourierError
 from jobs import cron, dependencies, scheduling
 from jobs.models import ChainSchedule, JobDependency, JobSchedule, Schedule
@@ -105,7 +105,7 @@ def _zone(name: str) -> Any:
     return ZoneInfo(name)
 
 
-class ScheduleAdminBase(ScheduleDisplay, RefusalAuditMixin, ModelAdmin):
+class ScheduleAdminBase(TolerantAutocompleteMixin, ScheduleDisplay, RefusalAuditMixin, ModelAdmin):
     form = ScheduleForm
     list_filter = ("schedule_type", "is_enabled", "next_fire_at")
     readonly_fields = ("description", "upcoming_times", "last_fired_at", "next_fire_at")
@@ -263,7 +263,7 @@ def record_dependency_change(edge: JobDependency, *, by: Any, operation: str) ->
     )
 
 
-class UpstreamDependencyInline(TabularInline):
+class UpstreamDependencyInline(TolerantAutocompleteMixin, TabularInline):
     """On a job's page: the jobs it waits for."""
 
     model = JobDependency
@@ -286,7 +286,7 @@ def save_dependency_formset(request: HttpRequest, formset: Any) -> None:
 
 
 @admin.register(JobDependency)
-class JobDependencyAdmin(RefusalAuditMixin, ModelAdmin):
+class JobDependencyAdmin(TolerantAutocompleteMixin, RefusalAuditMixin, ModelAdmin):
     audit_entity_type = "job_dependency"
     form = DependencyForm
     list_display = ("upstream_job", "arrow", "downstream_job", "run_on_failure")
