@@ -42,6 +42,7 @@ from jobs.models import (
 )
 from keystore.models import PgpKey, PublicKeyShareToken, SshKey
 from monitors.models import FileMonitor, MonitorDirectoryState, MonitorFileLog, MonitorJobBinding
+from notifications.models import Channel, Delivery, Rule
 from system.models import SystemSetting
 from tags.models import EntityTag, Tag
 from tests.engine_support import make_job
@@ -205,7 +206,17 @@ def sample_rows() -> dict[str, Any]:
         entity_type="job", entity_id=job.pk, operation="sampled", performed_by="tester", event_type="BadInputSample"
     )
     user = User.objects.create_user(username="someone", password="pw-long-enough-2")
+    channel = Channel.objects.create(
+        name="bad-input-hook", kind="webhook", settings={"url": "https://hooks.example.com/c", "timeout_seconds": 5}
+    )
+    rule = Rule.objects.create(name="bad-input-rule", events=["job_failed"])
+    rule.channels.add(channel)
     return {
+        "notifications.channel": channel,
+        "notifications.rule": rule,
+        "notifications.delivery": Delivery.objects.create(
+            event_type="JobFailed", event_kind="job_failed", channel=channel, rule=rule, subject="s", body="b"
+        ),
         "auth.group": admin_group,
         "auth.user": user,
         "courier_site.schemaversion": SchemaVersion.objects.order_by("script_name").first(),
@@ -255,6 +266,14 @@ def sample_rows() -> dict[str, Any]:
             monitor=monitor, file_path="/tmp/a", file_size=1, last_modified=now, execution_id=uuid.uuid4()
         ),
     }
+
+
+# Pages that answer a successful save with 200: the secret made by the save, shown this once.
+SHOWN_ONCE_TEMPLATES = {"admin/notifications/channel_secret.html"}
+
+
+def shows_a_secret_once(response: Any) -> bool:
+    return response.status_code == 200 and any(t.name in SHOWN_ONCE_TEMPLATES for t in response.templates)
 
 
 @pytest.fixture
@@ -336,7 +355,7 @@ def test_bad_input_on_every_add_and_change_page_is_refused_without_a_server_erro
             response = admin_client.post(url, data)
             assert response.status_code < 500, f"POST {sent} to {url} answered {response.status_code}"
             after = fingerprint()
-            if response.status_code != 302:
+            if response.status_code != 302 and not shows_a_secret_once(response):
                 changed = [table for table, digest in after.items() if state.get(table) != digest]
                 assert not changed, f"POST {sent} to {url} was refused but wrote to {changed}"
             state = after

@@ -27,6 +27,7 @@ TASK_GROUPS = [
     "Partners",
     "Keys",
     "Audit",
+    "Notifications",
     "Administration",
 ]
 INTERNALS = [
@@ -140,8 +141,9 @@ def test_items_whose_pages_do_not_exist_are_left_out_without_failing(make_user) 
     assert navigation.build(request, (missing, *navigation.GROUPS[:1])) == navigation.build(
         request, navigation.GROUPS[:1]
     )
-    # The notifications group waits for its app: not installed here, so not shown.
-    assert "Notifications" not in titles(navigation.sidebar(request))
+    # The notifications group, between Audit and Administration, lists the app's three pages.
+    groups = {group["title"]: group for group in navigation.sidebar(request)}
+    assert [item["title"] for item in groups["Notifications"]["items"]] == ["Channels", "Rules", "Deliveries"]
 
 
 def test_the_item_of_the_current_page_is_marked_active(make_user) -> None:
