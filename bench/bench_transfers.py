@@ -1,9 +1,9 @@
 """SFTP and FTPS transfer throughput against the OpenSSH sftp client and curl, same server and file (SPEC 9).
 
 Targets: downloads at least 0.8x the anchor, uploads at least 0.9x, peak RSS at most 150 MB.
-Each round runs the anchor, then Courier, on the same server and file; the figure is the best
-round of each side (COURIER_BENCH_TRANSFER_ROUNDS, default 2), which keeps a burst of other
-load on the shared cores from deciding the ratio. COURIER_BENCH_TRANSFER_MIB sets the file
+Each round runs the anchor and Courier on the same server and file, taking turns at going
+first; the figure is the best round of each side (COURIER_BENCH_TRANSFER_ROUNDS, default 2),
+which keeps a burst of other load on the shared cores from deciding the ratio. COURIER_BENCH_TRANSFER_MIB sets the file
 size (default 1024, 128 with --quick). The notes give the CPU seconds each side spent per GiB:
 unlike the rates, they barely move with the machine's load.
 
@@ -64,7 +64,12 @@ class Timing:
 
 
 def measure(timing: Timing, action: Callable[[], Any], *, children: bool) -> None:
-    """Time action, with the CPU this process (children=False) or its finished children spent on it."""
+    """Time action, with the CPU this process (children=False) or its finished children spent on it.
+
+    The page cache's dirty data goes to disk first: otherwise whichever side comes later pays
+    for the write-back of the files written before it.
+    """
+    os.sync()
     who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
     before = resource.getrusage(who)
     started = time.perf_counter()
@@ -147,6 +152,17 @@ def _upload(session: Any, local: Path, remote: str) -> None:
         session.upload(source, remote, lambda count: None)
 
 
+def compare(
+    round_number: int, timings: dict[str, Timing], direction: str, anchor: Callable[[], Any], courier: Callable[[], Any]
+) -> None:
+    """Both sides of one comparison, the anchor run as child processes; odd rounds let Courier go first."""
+    sides = [("anchor", anchor, True), ("courier", courier, False)]
+    if round_number % 2:
+        sides.reverse()
+    for side, action, children in sides:
+        measure(timings[f"{side} {direction}"], action, children=children)
+
+
 def _figures(report: Report, protocol: str, anchor: str, size: int, timings: dict[str, Timing]) -> None:
     for direction, target in (("download", DOWNLOAD_TARGET), ("upload", UPLOAD_TARGET)):
         courier, reference = timings[f"courier {direction}"], timings[f"anchor {direction}"]
@@ -183,18 +199,20 @@ def _sftp_bench(size: int, work: Path, report: Report) -> None:
         try:
             get = f"get bench-source.bin {openssh_local}\n"
             put = f"put {openssh_local} bench-openssh-up.bin\n"
-            for _ in range(rounds()):
-                measure(timings["anchor download"], lambda: openssh_sftp(server, server.port, get), children=True)
-                measure(
-                    timings["courier download"],
+            for number in range(rounds()):
+                compare(
+                    number,
+                    timings,
+                    "download",
+                    lambda: openssh_sftp(server, server.port, get),
                     lambda: _download(session, "bench-source.bin", courier_local),
-                    children=False,
                 )
-                measure(timings["anchor upload"], lambda: openssh_sftp(server, server.port, put), children=True)
-                measure(
-                    timings["courier upload"],
+                compare(
+                    number,
+                    timings,
+                    "upload",
+                    lambda: openssh_sftp(server, server.port, put),
                     lambda: _upload(session, courier_local, "bench-courier-up.bin"),
-                    children=False,
                 )
         finally:
             session.close()
@@ -228,18 +246,20 @@ def _ftps_bench(size: int, work: Path, report: Report) -> None:
         try:
             get = [*curl, "-o", str(curl_local), base + "bench-source.bin"]
             put = [*curl, "-T", str(curl_local), base + "bench-curl-up.bin"]
-            for _ in range(rounds()):
-                measure(timings["anchor download"], lambda: subprocess.run(get, check=True), children=True)
-                measure(
-                    timings["courier download"],
+            for number in range(rounds()):
+                compare(
+                    number,
+                    timings,
+                    "download",
+                    lambda: subprocess.run(get, check=True),
                     lambda: _download(session, "bench-source.bin", courier_local),
-                    children=False,
                 )
-                measure(timings["anchor upload"], lambda: subprocess.run(put, check=True), children=True)
-                measure(
-                    timings["courier upload"],
+                compare(
+                    number,
+                    timings,
+                    "upload",
+                    lambda: subprocess.run(put, check=True),
                     lambda: _upload(session, courier_local, "bench-courier-up.bin"),
-                    children=False,
                 )
         finally:
             session.close()
