@@ -2,7 +2,7 @@
 
 Targets: downloads at least 0.8x the anchor, uploads at least 0.9x, peak RSS at most 150 MB.
 Each round runs the anchor and Courier on the same server and file, taking turns at going
-first; the figure is the best round of each side (COURIER_BENCH_TRANSFER_ROUNDS, default 2),
+first; the figure is the best round of each side (COURIER_BENCH_TRANSFER_ROUNDS, default 3),
 which keeps a burst of other load on the shared cores from deciding the ratio. COURIER_BENCH_TRANSFER_MIB sets the file
 size (default 1024, 128 with --quick). The notes give the CPU seconds each side spent per GiB:
 unlike the rates, they barely move with the machine's load.
@@ -80,7 +80,7 @@ def measure(timing: Timing, action: Callable[[], Any], *, children: bool) -> Non
 
 
 def rounds() -> int:
-    return max(1, int(os.environ.get("COURIER_BENCH_TRANSFER_ROUNDS", "2")))
+    return max(1, int(os.environ.get("COURIER_BENCH_TRANSFER_ROUNDS", "3")))
 
 
 def size_mib(quick: bool) -> int:

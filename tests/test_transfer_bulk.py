@@ -1,17 +1,19 @@
-"""The bulk SFTP reader: replies out of order or short, a shrunken file, a refused read, a cancel, and its buffers."""
+"""Bulk transfer paths: the SFTP reader (replies out of order or short, a shrunken file, a refused read, a cancel),
+its channel buffer, and the FTPS download's write-behind."""
 
 from __future__ import annotations
 
 import io
 import os
 import uuid
+from pathlib import Path
 
 import pytest
 from paramiko.buffered_pipe import PipeTimeout
 
 from audit.models import AuditLogEntry
 from connections.models import Connection
-from connections.transfer.base import CHUNK
+from connections.transfer.base import CHUNK, WriteBehind
 from connections.transfer.sessions import open_session
 from connections.transfer.sftp import DEFAULT_REQUEST_SIZE, READ_AHEAD_BYTES, SFTP_WINDOW
 from connections.transfer.sftp_bulk import ChunkPipe
@@ -161,3 +163,15 @@ def test_the_channel_buffer_hands_out_what_it_was_fed_in_order_and_in_pieces() -
     pipe.close()
     assert pipe.empty() == b"last"
     assert pipe.read(10) == b""  # closed and drained: the end of the stream
+
+
+def test_write_behind_writes_every_block_in_order_while_three_buffers_go_round(tmp_path: Path) -> None:
+    payload = os.urandom(40 * 1000 + 7)
+    target = tmp_path / "received.bin"
+    with target.open("wb") as local, WriteBehind(local.write, size=1000, blocks=3) as writer:
+        for start in range(0, len(payload), 1000):
+            piece = payload[start : start + 1000]
+            block = writer.free()  # waits while all three are queued for writing
+            block[: len(piece)] = piece
+            writer.submit(block, len(piece))
+    assert target.read_bytes() == payload
