@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import posixpath
+import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -93,3 +94,54 @@ class SetupDeadline:
 
     def cancel(self) -> None:
         self._timer.cancel()
+
+
+class WriteBehind:
+    """Writes received blocks to the local file in a thread of its own, while the next block arrives.
+
+    Receiving (TLS decryption) and writing (the copy into the page cache) both release the GIL,
+    so on two cores they overlap instead of taking turns. `blocks` preallocated buffers go round:
+    `free()` hands out one to fill, `submit()` queues its filled part for writing, in order.
+    A write that fails (a full disk) is raised by the next `free()` or at the end; leaving the
+    block, normally or not, waits for the queued writes, so none lands after the caller closes
+    the file, and what was written is a prefix of what was received.
+    """
+
+    def __init__(self, write: Callable[[Any], Any], size: int = CHUNK, blocks: int = 3) -> None:
+        self._write = write
+        self._free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
+        for _ in range(blocks):
+            self._free.put(memoryview(bytearray(size)))
+        self._queued: queue.SimpleQueue[tuple[memoryview, memoryview] | None] = queue.SimpleQueue()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="courier-write-behind", daemon=True)
+
+    def __enter__(self) -> WriteBehind:
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
+        self._queued.put(None)
+        self._thread.join()
+        if kind is None and self.error is not None:
+            raise self.error
+
+    def free(self) -> memoryview:
+        block = self._free.get()
+        if self.error is not None:
+            raise self.error
+        return block
+
+    def submit(self, block: memoryview, count: int) -> None:
+        self._queued.put((block, block[:count]))
+
+    def _run(self) -> None:
+        while (item := self._queued.get()) is not None:
+            block, filled = item
+            if self.error is None:
+                try:
+                    self._write(filled)
+                except BaseException as error:  # handed to the receiving thread, which raises it
+                    self.error = error
+            filled.release()
+            self._free.put(block)

@@ -14,7 +14,7 @@ from typing import Any
 
 from connections.errors import AuthenticationFailed, ConnectionFailed, HostKeyRejected, HostUnreachable, RemoteFileError
 from connections.policy import refuse_insecure_trust_in_production
-from connections.transfer.base import CHUNK, RemoteFile, SessionInfo, SetupDeadline, join
+from connections.transfer.base import CHUNK, RemoteFile, SessionInfo, SetupDeadline, WriteBehind, join
 
 IMPLICIT_TLS_PORT = 990
 # Seconds the server gets to answer QUIT: saying goodbye to a silent server must not hold up a worker.
@@ -280,18 +280,21 @@ class FtpSession:
         client = self._client()
         client.voidcmd("TYPE I")
         received = 0
-        # One block, filled in place by recv_into (a TLS record, up to 16 KiB, at a time) and
-        # written as a memoryview: no bytes object made, copied or freed per block.
-        block = bytearray(CHUNK)
-        view = memoryview(block)
-        with self._aborting_on_error(), self._transfer(client, f"RETR {remote}", offset) as data:
+        # Blocks filled in place by recv_into (a TLS record, up to 16 KiB, at a time) and written
+        # as memoryviews by a writer thread while the next one arrives: no bytes object made,
+        # copied or freed per block, and the disk write off the receiving path.
+        with (
+            self._aborting_on_error(),
+            self._transfer(client, f"RETR {remote}", offset) as data,
+            WriteBehind(local_file.write) as writer,
+        ):
             while True:
-                filled = _fill(data, view)
-                if not filled:
-                    break
-                local_file.write(view[:filled])
-                received += filled
-                on_chunk(filled)
+                block = writer.free()
+                filled = _fill(data, block)
+                if filled:
+                    writer.submit(block, filled)
+                    received += filled
+                    on_chunk(filled)
                 if filled < CHUNK:
                     break
             if isinstance(data, ssl.SSLSocket):

@@ -87,6 +87,15 @@ class ChunkPipe(BufferedPipe):
                     return b""
             return self._take(nbytes)
 
+    def wait_for(self, nbytes: int, timeout: float | None) -> None:
+        """Wait until nbytes are buffered or the channel closed: a reader that needs a whole reply wakes
+        once for it rather than once per packet. TimeoutError after `timeout` seconds without new data."""
+        with self._lock:
+            while self._size < nbytes and not self._closed:
+                size = self._size
+                if not self._cv.wait(timeout) and self._size == size:
+                    raise TimeoutError()
+
     def _take(self, nbytes: int) -> bytes:
         parts, taken = [], 0
         while self._chunks and taken < nbytes:
@@ -182,6 +191,8 @@ class PipelinedReader:
         early: dict[int, bytes] = {}  # replies that came before the bytes ahead of them
         next_offset, limit, cursor, reported = offset, end, offset, offset
         buffer = bytearray()
+        needed = _REPLY_HEAD.size  # bytes the channel must hold to complete the reply at the buffer's head
+        wait_for = getattr(channel.in_buffer, "wait_for", None)
         while True:
             requests = []
             while len(outstanding) < self.depth:
@@ -204,6 +215,8 @@ class PipelinedReader:
                 channel.sendall(b"".join(requests))
             if not outstanding:
                 break
+            if wait_for is not None:
+                wait_for(needed, channel.gettimeout())
             data = channel.recv(RECV_SIZE)
             if not data:
                 raise EOFError(f"the server closed the SFTP channel while sending {self.remote}")
@@ -247,6 +260,9 @@ class PipelinedReader:
                         reported += CHUNK
                         on_chunk(CHUNK)
             del buffer[:position]
+            needed = _REPLY_HEAD.size - len(buffer)
+            if needed <= 0:  # the next reply's header is in: the rest of it
+                needed = 4 + _UINT32.unpack_from(buffer)[0] - len(buffer)
             if limit < next_offset:  # EOF came early: the requests past it are answered but unneeded
                 next_offset = limit
                 retry = collections.deque((at, length) for at, length in retry if at < limit)
