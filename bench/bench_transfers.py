@@ -20,8 +20,9 @@ channel keeps the packets it is fed as they are (ChunkPipe) and the socket under
 transport is read 256 KiB at a time; the channel offers a 16 MiB window and 256 KiB
 packets, so OpenSSH sends fewer, larger packets. What is left is paramiko's per-packet work
 in the transport thread (AES-GCM decryption itself is a small share) and the local write.
-FTPS downloads spent a third of their time allocating, filling and freeing a new 1 MiB
-bytes object per block; they now recv_into one preallocated block.
+An FTPS download (one thread) spent 30 % of its samples in the local write and the rest in
+TLS reads through a buffered reader that made a new 1 MiB bytes object per block; blocks are
+now filled in place by recv_into and written by a second thread while the next one arrives.
 """
 
 from __future__ import annotations
