@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from django.template.loader import render_to_string
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
@@ -32,7 +34,13 @@ def state_badge(state: str | None, label: str | None = None) -> SafeString:
     """The state as a coloured label; data-state lets scripts and tests read it."""
     if not state:
         return format_html("{}", "-")
-    badge = render_to_string("unfold/helpers/label.html", {"text": label or state, "type": state_variant(state)})
+    return _state_label(state, label or state)
+
+
+@functools.lru_cache(maxsize=256)
+def _state_label(state: str, text: str) -> SafeString:
+    # States and their labels are a small fixed set: a list of 50 rows renders the template a few times.
+    badge = render_to_string("unfold/helpers/label.html", {"text": text, "type": state_variant(state)})
     return format_html('<span class="courier-state" data-state="{}">{}</span>', state, SafeString(badge.strip()))
 
 
