@@ -7,7 +7,7 @@ from typing import Any
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import OuterRef, QuerySet, Subquery
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -75,15 +75,27 @@ class ChannelAdmin(AuditHistoryMixin, RefusalAuditMixin, ModelAdmin):
         label = "signing secret" if channel.kind == Channel.Kind.WEBHOOK else "password"
         return f"{label} set" if channel.has_secret else f"no {label}"
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        # The latest delivery of each channel in the list's own query (ix_notification_deliveries_channel).
+        latest = Delivery.objects.filter(channel=OuterRef("pk")).order_by("-created_at")
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                last_state=Subquery(latest.values("state")[:1]),
+                last_at=Subquery(latest.values("created_at")[:1]),
+                last_error=Subquery(latest.values("last_error")[:1]),
+            )
+        )
+
     @admin.display(description="last delivery")
     def last_delivery(self, channel: Channel) -> str:
-        latest = channel.deliveries.order_by("-created_at").only("state", "created_at", "last_error").first()
-        if latest is None:
+        if not getattr(channel, "last_state", None):
             return "—"
         return badge(
-            f"{latest.state} {timezone.localtime(latest.created_at):%Y-%m-%d %H:%M}",
-            DELIVERY_TONES.get(latest.state, "idle"),
-            latest.last_error or "",
+            f"{channel.last_state} {timezone.localtime(channel.last_at):%Y-%m-%d %H:%M}",
+            DELIVERY_TONES.get(channel.last_state, "idle"),
+            channel.last_error or "",
         )
 
     @admin.display(description="test")

@@ -9,6 +9,7 @@ from django.contrib.auth.models import Group
 from django.core.management import call_command
 from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from audit.models import AuditLogEntry
@@ -185,3 +186,23 @@ def test_relay_lag_is_on_health_and_the_dashboard(as_role, client: Client) -> No
     assert 'data-figure="relay-lag"' in page and "1 event waiting" in page
     relay_until_idle()
     assert client.get("/health/").json()["checks"]["event_relay"]["status"] == "ok"
+
+
+def test_the_channel_list_shows_each_last_delivery_at_a_constant_query_count(as_role) -> None:
+    client = as_role("Viewer")
+    url = reverse("admin:notifications_channel_changelist")
+
+    def queries_with(count: int) -> int:
+        for number in range(Channel.objects.count(), count):
+            channel = Channel.objects.create(
+                name=f"hook-{number}", kind="webhook", settings={"url": "https://h.example/"}
+            )
+            Delivery.objects.create(
+                event_type="JobFailed", event_kind="job_failed", channel=channel, state="failed", subject="s", body="b"
+            )
+        with CaptureQueriesContext(connection) as captured:
+            page = client.get(url).content.decode()
+        assert page.count("failed 20") == count  # "failed <date>" badge of each channel's last delivery
+        return len(captured)
+
+    assert queries_with(1) == queries_with(4)
