@@ -66,7 +66,18 @@ class ConnectionAdmin(TaggableAdminMixin, AuditHistoryMixin, RefusalAuditMixin, 
         ),
         ("SSH", {"fields": ("host_key_policy", "stored_host_fingerprint", "ssh_algorithms", "keepalive_interval_sec")}),
         ("FTP / FTPS", {"fields": ("passive_mode", "tls_version_floor", "tls_cert_policy", "tls_pinned_thumbprint")}),
-        ("Limits", {"fields": ("connect_timeout_sec", "operation_timeout_sec", "transport_retries", "fips_override")}),
+        (
+            "Limits",
+            {
+                "fields": (
+                    "connect_timeout_sec",
+                    "operation_timeout_sec",
+                    "transport_retries",
+                    "transfer_segments",
+                    "fips_override",
+                )
+            },
+        ),
         ("History", {"fields": ("created_at", "updated_at")}),
     )
 

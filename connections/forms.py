@@ -19,14 +19,15 @@ SSH_ALGORITHM_KEYS = {"kex", "ciphers", "macs", "host_key_types"}
 THUMBPRINT = re.compile(r"^[0-9a-f]{64}$")
 NO_HOST = "[E3003] A connection needs the host name or IP address of the partner server."
 HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
-# Accepted ranges of the numeric settings (transport_retries mirrors ck_connections_retries);
-# outside them a save would otherwise reach PostgreSQL and fail there.
+# Accepted ranges of the numeric settings (transport_retries and transfer_segments mirror their
+# ck_connections_* checks); outside them a save would otherwise reach PostgreSQL and fail there.
 NUMBER_RANGES = {
     "port": (1, 65535),
     "connect_timeout_sec": (1, 3600),
     "operation_timeout_sec": (1, 86400),
     "keepalive_interval_sec": (0, 3600),
     "transport_retries": (0, 3),
+    "transfer_segments": (1, 8),
 }
 
 
@@ -76,6 +77,7 @@ class ConnectionForm(forms.ModelForm):
             "connect_timeout_sec",
             "operation_timeout_sec",
             "transport_retries",
+            "transfer_segments",
             "fips_override",
         )
 

@@ -75,6 +75,11 @@ class Connection(SoftDeleteModel):
     operation_timeout_sec = models.IntegerField(default=300, help_text="Seconds one operation may take.")
     keepalive_interval_sec = models.IntegerField(default=60, help_text="Seconds between keepalives on open sessions.")
     transport_retries = models.IntegerField(default=2, help_text="Reconnects (0-3) after a dropped session.")
+    transfer_segments = models.SmallIntegerField(
+        default=1,
+        help_text="SFTP downloads of 64 MiB and more are read over this many connections at once (1-8; "
+        "1 = one stream). More fill a long-distance link; the partner must allow that many logins.",
+    )
     status = models.TextField(choices=Status.choices, default=Status.ACTIVE)
     fips_override = models.BooleanField(
         default=False, help_text="Lift FIPS restrictions for this connection (Admin only)."

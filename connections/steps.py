@@ -259,7 +259,13 @@ class _Download(_RemoteStep):
             if offset < entry.size or entry.size == 0:
                 # A full local disk is no dropped session: no reconnect, and the partial goes,
                 # since it cannot grow and only keeps other work from the space it holds.
-                with reporting_disk_full(partial, remove=[partial], needed=entry.size), partial.open("ab") as local:
+                # Opened for writing at a position, not for appending: a segmented download
+                # writes each range at its place.
+                with (
+                    reporting_disk_full(partial, remove=[partial], needed=entry.size),
+                    partial.open("r+b" if offset else "wb") as local,
+                ):
+                    local.seek(offset)
                     session.download(
                         entry.path, local, offset, lambda count: (cancel.check(), context.progress.add(count))
                     )

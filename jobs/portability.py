@@ -54,6 +54,7 @@ CONNECTION_FIELDS = (
     "operation_timeout_sec",
     "keepalive_interval_sec",
     "transport_retries",
+    "transfer_segments",
     "status",
     "notes",
 )

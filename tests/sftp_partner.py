@@ -3,7 +3,8 @@
 OpenSSH's sftp-server answers every READ in full and in order, so it never exercises the
 reader's other paths. This one serves files from a dict and can be told to answer reads in
 reverse order in batches, to send at most part of what was asked, to report a file larger
-than its content (the file shrank), or to refuse reads past some offset with a status error.
+than its content (the file shrank), to refuse reads past some offset with a status error, or to
+refuse logins past a number (a limit on sessions per user), or to answer slowly.
 It runs on a free loopback port, with password login and an ECDSA host key (allowed in FIPS mode).
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+import time
 from contextlib import suppress
 from dataclasses import dataclass, field
 
@@ -31,6 +33,8 @@ class Quirks:
     most_per_read: int | None = None  # send at most this many bytes per READ
     claimed_extra: int = 0  # FSTAT reports the file this much larger than it is
     refuse_from: int | None = None  # READs at or past this offset get "permission denied"
+    read_delay: float = 0.0  # seconds each READ waits before its answer: a slow partner
+    most_logins: int | None = None  # logins after this many are refused, as by a per-user session limit
     reads: list[tuple[int, int]] = field(default_factory=list)  # (offset, length) of every READ seen
 
 
@@ -112,6 +116,7 @@ class _Service(paramiko.SubsystemHandler):
 
     def _read(self, request_id: int, content: bytes, offset: int, length: int) -> tuple[int, int, bytes]:
         quirks = self.quirks
+        time.sleep(quirks.read_delay)
         if quirks.refuse_from is not None and offset >= quirks.refuse_from:
             return _STATUS, request_id, self._status(_PERMISSION_DENIED, "read refused by policy")
         if offset >= len(content):
@@ -129,9 +134,14 @@ class _Login(paramiko.ServerInterface):
         return "password"
 
     def check_auth_password(self, username: str, password: str) -> int:
-        if username == PARTNER_USER and password == PARTNER_PASSWORD:
-            return paramiko.AUTH_SUCCESSFUL
-        return paramiko.AUTH_FAILED
+        partner = self.partner
+        if username != PARTNER_USER or password != PARTNER_PASSWORD:
+            return paramiko.AUTH_FAILED
+        with partner.lock:
+            if partner.quirks.most_logins is not None and partner.logins >= partner.quirks.most_logins:
+                return paramiko.AUTH_FAILED
+            partner.logins += 1
+        return paramiko.AUTH_SUCCESSFUL
 
     def check_channel_request(self, kind: str, chanid: int) -> int:
         return paramiko.OPEN_SUCCEEDED if kind == "session" else paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
@@ -145,6 +155,8 @@ class SftpPartner:
         self.quirks = quirks or Quirks()
         self.host_key = paramiko.ECDSAKey.generate()
         self.transports: list[paramiko.Transport] = []
+        self.logins = 0
+        self.lock = threading.Lock()
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(4)

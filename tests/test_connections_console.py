@@ -58,6 +58,7 @@ def form_data(**overrides: object) -> dict[str, object]:
         "connect_timeout_sec": 30,
         "operation_timeout_sec": 300,
         "transport_retries": 2,
+        "transfer_segments": 1,
         "known_hosts-TOTAL_FORMS": 0,
         "known_hosts-INITIAL_FORMS": 0,
         "known_hosts-MIN_NUM_FORMS": 0,

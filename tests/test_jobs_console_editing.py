@@ -256,6 +256,7 @@ def test_a_connection_without_a_usable_host_is_refused_with_e3003(as_role, host:
         "connect_timeout_sec": 30,
         "operation_timeout_sec": 300,
         "transport_retries": 2,
+        "transfer_segments": 1,
         "known_hosts-TOTAL_FORMS": 0,
         "known_hosts-INITIAL_FORMS": 0,
     }
@@ -282,6 +283,7 @@ def test_connection_retries_outside_zero_to_three_are_a_form_error(as_role) -> N
         "connect_timeout_sec": 30,
         "operation_timeout_sec": 300,
         "transport_retries": 4,
+        "transfer_segments": 1,
         "known_hosts-TOTAL_FORMS": 0,
         "known_hosts-INITIAL_FORMS": 0,
     }
@@ -309,6 +311,7 @@ def test_ssh_algorithms_holding_a_nul_character_are_a_form_error(as_role) -> Non
         "connect_timeout_sec": 30,
         "operation_timeout_sec": 300,
         "transport_retries": 2,
+        "transfer_segments": 1,
         "known_hosts-TOTAL_FORMS": 0,
         "known_hosts-INITIAL_FORMS": 0,
     }

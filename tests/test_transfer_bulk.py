@@ -1,10 +1,12 @@
 """Bulk transfer paths: the SFTP reader (replies out of order or short, a shrunken file, a refused read, a cancel),
-its channel buffer, and the FTPS download's write-behind."""
+its channel buffer and write-ahead thread, and the FTPS download's write-behind."""
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import struct
 import uuid
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from connections.models import Connection
 from connections.transfer.base import CHUNK, WriteBehind
 from connections.transfer.sessions import open_session
 from connections.transfer.sftp import DEFAULT_REQUEST_SIZE, READ_AHEAD_BYTES, SFTP_WINDOW
-from connections.transfer.sftp_bulk import ChunkPipe
+from connections.transfer.sftp_bulk import RECV_SIZE, ChunkPipe, Received, WriteAhead
 from jobs.errors import Cancelled
 from jobs.steps.base import CancelToken
 from tests.servers import sftp_connection, sftp_folder, ssh_server
@@ -147,6 +149,42 @@ def test_a_cancelled_download_leaves_the_connection_usable_for_the_next_transfer
     assert not AuditLogEntry.objects.filter(entity_id=connection.pk, operation="reconnected").exists()
 
 
+def test_a_packet_read_whole_is_the_very_object_fed_so_the_bulk_reader_copies_nothing() -> None:
+    pipe, packet = ChunkPipe(), os.urandom(256 * 1024)
+    pipe.feed(packet)
+    assert pipe.read(RECV_SIZE) is packet
+
+
+def test_received_data_is_taken_across_packet_boundaries_as_views_in_order() -> None:
+    received = Received()
+    head = struct.pack(">IBI", 9 + 4 + 6, 103, 7) + struct.pack(">I", 6)
+    received.add(head[:5])  # a reply header split over packets
+    received.add(head[5:] + b"abc")
+    received.add(b"def" + b"next")
+    assert received.size == 13 + 6 + 4
+    assert received.head() == (19, 103, 7)
+    assert received.take_bytes(13) == head
+    pieces = received.take(6)
+    assert all(isinstance(piece, memoryview) for piece in pieces) and b"".join(pieces) == b"abcdef"
+    assert received.peek(100) == b"next" and received.size == 4
+    assert b"".join(received.take(100)) == b"next" and received.size == 0
+
+
+def test_write_ahead_writes_in_order_and_raises_a_failed_write_at_the_next_put_and_at_the_end() -> None:
+    written: list[bytes] = []
+
+    def write(piece) -> None:
+        if len(written) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(bytes(piece))
+
+    with pytest.raises(OSError, match="No space left") as raised, WriteAhead(write, depth=2) as writer:
+        for number in range(50):
+            writer.put([memoryview(b"%03d" % number), memoryview(b"|")])
+    assert raised.value.errno == errno.ENOSPC
+    assert written == [b"000", b"|", b"001"]  # a prefix: nothing after the failed write
+
+
 def test_the_channel_buffer_hands_out_what_it_was_fed_in_order_and_in_pieces() -> None:
     pipe = ChunkPipe()
     pipe.feed(b"abc")
@@ -154,8 +192,10 @@ def test_the_channel_buffer_hands_out_what_it_was_fed_in_order_and_in_pieces() -
     pipe.feed(b"ij")
     assert len(pipe) == 10 and pipe.read_ready()
     assert pipe.read(2) == b"ab"
-    assert pipe.read(4) == b"cdef"
-    assert pipe.read(100) == b"ghij"
+    assert pipe.read(4) == b"c"  # never more than the rest of the oldest packet
+    packet = pipe.read(100)
+    assert packet == b"defgh"
+    assert pipe.read(1) == b"i" and pipe.read(100) == b"j"
     assert not pipe.read_ready()
     with pytest.raises(PipeTimeout):
         pipe.read(10, timeout=0.05)

@@ -24,6 +24,7 @@ from connections.errors import (
 )
 from connections.transfer.base import RemoteFile, SessionInfo, SetupDeadline, join
 from connections.transfer.sftp_bulk import BufferedSocket, ChunkPipe, PipelinedReader, PipelinedWriter
+from connections.transfer.sftp_segments import SegmentedDownload, segment_count
 
 # FIPS 140 approved choices (SPEC 5); a connection's fips_override lifts them.
 FIPS_ALGORITHMS = {
@@ -98,7 +99,15 @@ def restrict_algorithms(transport: paramiko.Transport, wanted: dict[str, list[st
 class SftpSession:
     """One authenticated SFTP session; reconnects itself (same host key) when the transport drops."""
 
-    def __init__(self, connection: Any, *, password: str | None, private_key: str | None, fips: bool) -> None:
+    def __init__(
+        self,
+        connection: Any,
+        *,
+        password: str | None,
+        private_key: str | None,
+        fips: bool,
+        trusted_fingerprint: str | None = None,
+    ) -> None:
         self.connection = connection
         self.password = password
         self.private_key = private_key
@@ -106,8 +115,11 @@ class SftpSession:
         self.transport: paramiko.Transport | None = None
         self.sftp: paramiko.SFTPClient | None = None
         self.info = SessionInfo()
-        self.trusted_fingerprint: str | None = None
+        # Set for the extra connections of a segmented download: the server must offer the key
+        # this session accepted (checked without the database, which their thread may not have).
+        self.trusted_fingerprint = trusted_fingerprint
         self.events: list[tuple[str, dict[str, Any]]] = []  # audited later by the caller's thread
+        self.segment_sessions: list[SftpSession] = []  # opened by the first segmented download, kept
         self.connect()
 
     # ------------------------------------------------------------------ connection
@@ -219,6 +231,9 @@ class SftpSession:
         self.events.append(("reconnected", {"host": self.connection.host}))
 
     def close(self) -> None:
+        for helper in self.segment_sessions:
+            helper.close()
+        self.segment_sessions.clear()
         for closable in (self.sftp, self.transport):
             if closable is not None:
                 with contextlib.suppress(Exception):  # closing a dead session must not hide the real error
@@ -281,14 +296,11 @@ class SftpSession:
         handle = client.open(remote, "rb")
         try:
             size = handle.stat().st_size or 0
-            request_size = OPENSSH_READ_SIZE if self._openssh else DEFAULT_REQUEST_SIZE
-            reader = PipelinedReader(
-                client.get_channel(),
-                handle.handle,
-                remote,
-                request_size=request_size,
-                depth=READ_AHEAD_BYTES // request_size,
-            )
+            segments = segment_count(self.connection.transfer_segments, size - offset, local_file)
+            if segments > 1:
+                handle.close()
+                return self._download_segmented(remote, local_file, offset, size, segments, on_chunk)
+            reader = PipelinedReader(client.get_channel(), handle.handle, remote, **self._reader_options())
             received = reader.read(offset, size, local_file.write, on_chunk)
         except BaseException:
             # Cancelled, local disk full, a dropped link: the channel still owes replies, so it
@@ -299,6 +311,63 @@ class SftpSession:
             raise
         handle.close()
         return received
+
+    def _reader_options(self) -> dict[str, int]:
+        request_size = OPENSSH_READ_SIZE if self._openssh else DEFAULT_REQUEST_SIZE
+        return {"request_size": request_size, "depth": READ_AHEAD_BYTES // request_size}
+
+    def _download_segmented(
+        self, remote: str, local_file: Any, offset: int, size: int, segments: int, on_chunk: Callable[[int], None]
+    ) -> int:
+        sessions = self._segment_sessions(segments)
+        for helper in sessions[1:]:  # reconnects of the extra connections are this session's to audit
+            self.events.extend(helper.events)
+            helper.events.clear()
+        download = SegmentedDownload(
+            remote,
+            local_file,
+            sessions,
+            open_range=_open_range,
+            drop=SftpSession._drop_channel,
+            reader_options=self._reader_options(),
+        )
+        try:
+            return download.run(offset, size, on_chunk)
+        finally:
+            for helper in sessions[1:]:
+                self.events.extend(helper.events)
+                helper.events.clear()
+
+    def _segment_sessions(self, count: int) -> list[SftpSession]:
+        """This session and up to count - 1 more connections to the same server, opened once and kept.
+
+        A partner that refuses another login (a limit on sessions per user) leaves the download
+        with the connections it did accept; the refusal is audited, the transfer goes on.
+        """
+        while len(self.segment_sessions) < count - 1:
+            try:
+                helper = SftpSession(
+                    self.connection,
+                    password=self.password,
+                    private_key=self.private_key,
+                    fips=self.fips,
+                    trusted_fingerprint=self.trusted_fingerprint,
+                )
+            except Exception as error:
+                self.events.append(
+                    (
+                        "segment_connection_refused",
+                        {
+                            "host": self.connection.host,
+                            "segments_wanted": count,
+                            "segments_open": len(self.segment_sessions) + 1,
+                            "error": str(error),
+                        },
+                    )
+                )
+                break
+            self.segment_sessions.append(helper)
+        return [self, *self.segment_sessions[: count - 1]]
 
     def upload(self, local_file: Any, remote: str, on_chunk: Callable[[int], None]) -> int:
         client = self._client()
@@ -351,3 +420,10 @@ class SftpSession:
             self._client().rmdir(path)
         except OSError as error:
             raise RemoteFileError(f"cannot remove directory {path}: {error}") from None
+
+
+def _open_range(session: SftpSession, remote: str) -> tuple[Any, bytes, Callable[[], None]]:
+    """The channel and an open handle of remote on a segment's session, and how to close the handle."""
+    client = session._client()
+    handle = client.open(remote, "rb")
+    return client.get_channel(), handle.handle, handle.close

@@ -12,8 +12,10 @@ resuming relies on. An upload reads the local file straight into the request it 
 from __future__ import annotations
 
 import collections
+import queue
 import socket
 import struct
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -45,13 +47,16 @@ _UINT32 = struct.Struct(">I")
 class ChunkPipe(BufferedPipe):
     """A channel's receive buffer that keeps the packets it is fed as they are.
 
-    paramiko's BufferedPipe copies every packet into an array and slices it out again;
-    this one appends the bytes object to a deque and joins only what a read takes.
+    paramiko's BufferedPipe copies every packet into an array and slices it out again; this
+    one appends the bytes object to a deque. A read returns at most the rest of the oldest
+    packet, which is that very bytes object when the packet was not split before: a bulk
+    reader gets the data without a copy, other readers loop for more as with any socket.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self._chunks: collections.deque[bytes] = collections.deque()
+        self._head = 0  # bytes of the oldest chunk already read
         self._size = 0
 
     def feed(self, data: bytes) -> None:
@@ -85,7 +90,7 @@ class ChunkPipe(BufferedPipe):
                     self._cv.wait(left)
                 if self._size == 0:
                     return b""
-            return self._take(nbytes)
+            return self._take(min(nbytes, len(self._chunks[0]) - self._head))
 
     def wait_for(self, nbytes: int, timeout: float | None) -> None:
         """Wait until nbytes are buffered or the channel closed: a reader that needs a whole reply wakes
@@ -99,14 +104,17 @@ class ChunkPipe(BufferedPipe):
     def _take(self, nbytes: int) -> bytes:
         parts, taken = [], 0
         while self._chunks and taken < nbytes:
-            chunk = self._chunks[0]
-            if taken + len(chunk) <= nbytes:
-                parts.append(self._chunks.popleft())
-                taken += len(chunk)
+            chunk, head = self._chunks[0], self._head
+            available = len(chunk) - head
+            if available <= nbytes - taken:
+                parts.append(chunk if head == 0 else chunk[head:])
+                self._chunks.popleft()
+                self._head = 0
+                taken += available
             else:
-                cut = nbytes - taken
-                parts.append(chunk[:cut])
-                self._chunks[0] = chunk[cut:]
+                cut = head + nbytes - taken
+                parts.append(chunk[head:cut])
+                self._head = cut
                 taken = nbytes
         self._size -= taken
         if self._size == 0 and self._event is not None and not self._closed:
@@ -116,6 +124,94 @@ class ChunkPipe(BufferedPipe):
     def empty(self) -> bytes:
         with self._lock:
             return self._take(self._size) if self._size else b""
+
+
+class Received:
+    """Channel data not yet parsed, as views over the bytes objects it came in: taking is not copying."""
+
+    def __init__(self) -> None:
+        self._views: collections.deque[memoryview] = collections.deque()
+        self.size = 0
+
+    def add(self, data: bytes) -> None:
+        self._views.append(memoryview(data))
+        self.size += len(data)
+
+    def head(self) -> tuple[int, int, int]:
+        """Length, type and request id of the reply at the front; at least 9 bytes must be in."""
+        first = self._views[0]
+        if len(first) >= _REPLY_HEAD.size:
+            return _REPLY_HEAD.unpack_from(first)
+        return _REPLY_HEAD.unpack_from(self.peek(_REPLY_HEAD.size))
+
+    def peek(self, count: int) -> bytes:
+        parts, left = [], count
+        for view in self._views:
+            parts.append(view[:left])
+            left -= len(parts[-1])
+            if not left:
+                break
+        return b"".join(parts)
+
+    def take(self, count: int) -> list[memoryview]:
+        """The next count bytes (at most what is in) as views, in order."""
+        views, left = self._views, min(count, self.size)
+        self.size -= left
+        taken = []
+        while left:
+            view = views[0]
+            if len(view) <= left:
+                taken.append(views.popleft())
+                left -= len(view)
+            else:
+                taken.append(view[:left])
+                views[0] = view[left:]
+                left = 0
+        return taken
+
+    def take_bytes(self, count: int) -> bytes:
+        return b"".join(self.take(count))
+
+
+class WriteAhead:
+    """Writes what a download received to the local file in a thread of its own, in the order handed over.
+
+    The disk write (the copy into the page cache, block allocation) releases the GIL, so it
+    runs while the next replies arrive and are parsed instead of holding them up. At most
+    `depth` pieces wait; a write that fails (a full disk) is raised by the next `put()` or at
+    the end. Leaving the block, normally or not, waits for what was queued: nothing lands
+    after the caller closes the file, and the file holds a prefix of what was received.
+    """
+
+    def __init__(self, write: Callable[[Any], Any], depth: int = 64) -> None:
+        self._write = write
+        self._queue: queue.Queue[list[memoryview] | None] = queue.Queue(depth)
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="courier-sftp-write", daemon=True)
+
+    def __enter__(self) -> WriteAhead:
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if kind is None and self.error is not None:
+            raise self.error
+
+    def put(self, pieces: list[memoryview]) -> None:
+        if self.error is not None:
+            raise self.error
+        self._queue.put(pieces)
+
+    def _run(self) -> None:
+        while (pieces := self._queue.get()) is not None:
+            if self.error is None:
+                try:
+                    for piece in pieces:
+                        self._write(piece)
+                except BaseException as error:  # handed to the reading thread, which raises it
+                    self.error = error
 
 
 class BufferedSocket:
@@ -186,12 +282,17 @@ class PipelinedReader:
 
     def read(self, offset: int, end: int, write: Callable[[Any], Any], on_chunk: Callable[[int], None]) -> int:
         """Write bytes offset..end of the remote file through write; on_chunk(CHUNK) after every CHUNK written."""
+        with WriteAhead(write) as writer:
+            cursor = self._read(offset, end, writer, on_chunk)
+        return cursor - offset
+
+    def _read(self, offset: int, end: int, writer: WriteAhead, on_chunk: Callable[[int], None]) -> int:
         channel, outstanding = self.channel, self.outstanding
         retry: collections.deque[tuple[int, int]] = collections.deque()  # rests of short replies
         early: dict[int, bytes] = {}  # replies that came before the bytes ahead of them
         next_offset, limit, cursor, reported = offset, end, offset, offset
-        buffer = bytearray()
-        needed = _REPLY_HEAD.size  # bytes the channel must hold to complete the reply at the buffer's head
+        received = Received()
+        needed = _REPLY_HEAD.size  # bytes the channel must hold to complete the reply at the front
         wait_for = getattr(channel.in_buffer, "wait_for", None)
         while True:
             requests = []
@@ -215,60 +316,57 @@ class PipelinedReader:
                 channel.sendall(b"".join(requests))
             if not outstanding:
                 break
-            if wait_for is not None:
+            if wait_for is not None and needed > 0:
                 wait_for(needed, channel.gettimeout())
             data = channel.recv(RECV_SIZE)
             if not data:
                 raise EOFError(f"the server closed the SFTP channel while sending {self.remote}")
-            buffer += data
-            position, available = 0, len(buffer)
-            with memoryview(buffer) as view:
-                while available - position >= _REPLY_HEAD.size:
-                    length, kind, request_id = _REPLY_HEAD.unpack_from(buffer, position)
-                    if available - position < 4 + length:
-                        break
-                    body = position + _REPLY_HEAD.size
-                    position += 4 + length
-                    at, asked = outstanding.pop(request_id, (None, 0))
-                    if at is None:  # not one of ours: an answer the channel owed someone before
-                        continue
-                    if kind == CMD_STATUS:
-                        code = _UINT32.unpack_from(buffer, body)[0]
-                        if code != SFTP_EOF:
-                            raise _status_error(code, _status_message(buffer, body), self.remote)
-                        limit = min(limit, at)
-                        continue
-                    if kind != CMD_DATA:
-                        raise OSError(f"reading {self.remote}: unexpected SFTP reply type {kind}")
-                    size = _UINT32.unpack_from(buffer, body)[0]
-                    if size == 0 or size > asked:
-                        raise OSError(f"reading {self.remote}: the server sent {size} bytes for {asked} asked")
-                    if size < asked:
-                        retry.append((at + size, asked - size))
-                    piece = view[body + 4 : body + 4 + size]
-                    if at == cursor:
-                        write(piece)
-                        cursor += size
-                        while cursor in early:
-                            held = early.pop(cursor)
-                            write(held)
-                            cursor += len(held)
-                    else:
-                        early[at] = bytes(piece)
-                    piece.release()
-                    while cursor - reported >= CHUNK:
-                        reported += CHUNK
-                        on_chunk(CHUNK)
-            del buffer[:position]
-            needed = _REPLY_HEAD.size - len(buffer)
-            if needed <= 0:  # the next reply's header is in: the rest of it
-                needed = 4 + _UINT32.unpack_from(buffer)[0] - len(buffer)
+            received.add(data)
+            while received.size >= _REPLY_HEAD.size:
+                length, kind, request_id = received.head()
+                if received.size < 4 + length:
+                    break
+                at, asked = outstanding.pop(request_id, (None, 0))
+                if at is None:  # not one of ours: an answer the channel owed someone before
+                    received.take(4 + length)
+                    continue
+                if kind == CMD_STATUS:
+                    reply = received.take_bytes(4 + length)
+                    code = _UINT32.unpack_from(reply, _REPLY_HEAD.size)[0]
+                    if code != SFTP_EOF:
+                        raise _status_error(code, _status_message(reply, _REPLY_HEAD.size), self.remote)
+                    limit = min(limit, at)
+                    continue
+                if kind != CMD_DATA:
+                    raise OSError(f"reading {self.remote}: unexpected SFTP reply type {kind}")
+                size = _UINT32.unpack_from(received.take_bytes(_REPLY_HEAD.size + 4), _REPLY_HEAD.size)[0]
+                if size == 0 or size > asked or size != length - _REPLY_HEAD.size:
+                    raise OSError(f"reading {self.remote}: the server sent {size} bytes for {asked} asked")
+                if size < asked:
+                    retry.append((at + size, asked - size))
+                pieces = received.take(size)
+                if at == cursor:
+                    writer.put(pieces)
+                    cursor += size
+                    while cursor in early:
+                        held = early.pop(cursor)
+                        writer.put([memoryview(held)])
+                        cursor += len(held)
+                else:
+                    early[at] = b"".join(pieces)
+                while cursor - reported >= CHUNK:
+                    reported += CHUNK
+                    on_chunk(CHUNK)
+            if received.size < _REPLY_HEAD.size:
+                needed = _REPLY_HEAD.size - received.size
+            else:  # the next reply's header is in: the rest of it
+                needed = 4 + received.head()[0] - received.size
             if limit < next_offset:  # EOF came early: the requests past it are answered but unneeded
                 next_offset = limit
                 retry = collections.deque((at, length) for at, length in retry if at < limit)
         if cursor > reported:
             on_chunk(cursor - reported)
-        return cursor - offset
+        return cursor
 
 
 class PipelinedWriter:
