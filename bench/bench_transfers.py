@@ -80,6 +80,11 @@ def measure(timing: Timing, action: Callable[[], Any], *, children: bool) -> Non
     timing.add(seconds, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
 
 
+def segments() -> int:
+    """Connections of the segmented SFTP download (COURIER_BENCH_TRANSFER_SEGMENTS, default 3)."""
+    return max(2, int(os.environ.get("COURIER_BENCH_TRANSFER_SEGMENTS", "3")))
+
+
 def rounds() -> int:
     return max(1, int(os.environ.get("COURIER_BENCH_TRANSFER_ROUNDS", "3")))
 
@@ -164,22 +169,34 @@ def compare(
         measure(timings[f"{side} {direction}"], action, children=children)
 
 
-def _figures(report: Report, protocol: str, anchor: str, size: int, timings: dict[str, Timing]) -> None:
-    for direction, target in (("download", DOWNLOAD_TARGET), ("upload", UPLOAD_TARGET)):
+def _figures(
+    report: Report,
+    protocol: str,
+    anchor: str,
+    size: int,
+    timings: dict[str, Timing],
+    directions: tuple[tuple[str, str, float | None], ...] = (
+        ("download", "download", DOWNLOAD_TARGET),
+        ("upload", "upload", UPLOAD_TARGET),
+    ),
+) -> None:
+    """One figure per (timing name, label, target ratio or None for a figure shown without a target)."""
+    for direction, label, target in directions:
         courier, reference = timings[f"courier {direction}"], timings[f"anchor {direction}"]
+        anchor_direction = "upload" if direction == "upload" else "download"
         report.figures.append(
             Figure(
-                f"{protocol} {direction}",
+                f"{protocol} {label}",
                 _rate(size, courier.seconds),
                 "MiB/s",
-                f"{anchor} {direction}",
+                f"{anchor} {anchor_direction}",
                 _rate(size, reference.seconds),
                 target_ratio=target,
             )
         )
         gib = size / 1024**3
         report.notes.append(
-            f"{protocol} {direction}: CPU s per GiB, Courier's process {courier.cpu / gib:.2f}, "
+            f"{protocol} {label}: CPU s per GiB, Courier's process {courier.cpu / gib:.2f}, "
             f"{anchor} {reference.cpu / gib:.2f}; "
             f"rounds (s) Courier {_seconds(courier)}, {anchor} {_seconds(reference)}"
         )
@@ -192,11 +209,15 @@ def _seconds(timing: Timing) -> str:
 def _sftp_bench(size: int, work: Path, report: Report) -> None:
     from tests.servers import SFTP_PASSWORD, ssh_server
 
-    timings = {name: Timing() for name in ("anchor download", "courier download", "anchor upload", "courier upload")}
+    names = ("download", "segmented download", "upload")
+    timings = {f"{side} {name}": Timing() for side in ("anchor", "courier") for name in names}
     with ssh_server(work / "sshd") as server:
         sftp_source(server, "bench-source.bin", size)
         openssh_local, courier_local = work / "openssh.bin", work / "courier.bin"
         session = courier_session(sftp_connection_fields(server.port), SFTP_PASSWORD)
+        segmented = courier_session(
+            {**sftp_connection_fields(server.port), "transfer_segments": segments()}, SFTP_PASSWORD
+        )
         try:
             get = f"get bench-source.bin {openssh_local}\n"
             put = f"put {openssh_local} bench-openssh-up.bin\n"
@@ -211,17 +232,32 @@ def _sftp_bench(size: int, work: Path, report: Report) -> None:
                 compare(
                     number,
                     timings,
+                    "segmented download",
+                    lambda: openssh_sftp(server, server.port, get),
+                    lambda: _download(segmented, "bench-source.bin", courier_local),
+                )
+                if courier_local.read_bytes()[-4096:] != (server.home / "bench-source.bin").read_bytes()[-4096:]:
+                    raise RuntimeError("Courier's segmented SFTP download did not write the file's end")
+                compare(
+                    number,
+                    timings,
                     "upload",
                     lambda: openssh_sftp(server, server.port, put),
                     lambda: _upload(session, courier_local, "bench-courier-up.bin"),
                 )
         finally:
             session.close()
+            segmented.close()
         if courier_local.stat().st_size != size or (server.home / "bench-courier-up.bin").stat().st_size != size:
             raise RuntimeError("Courier's SFTP transfer did not move the whole file")
         for leftover in ("bench-source.bin", "bench-openssh-up.bin", "bench-courier-up.bin"):
             (server.home / leftover).unlink(missing_ok=True)
-    _figures(report, "SFTP", "OpenSSH sftp", size, timings)
+    directions = (
+        ("download", "download, one stream", None),
+        ("segmented download", f"download, {segments()} segments", DOWNLOAD_TARGET),
+        ("upload", "upload", UPLOAD_TARGET),
+    )
+    _figures(report, "SFTP", "OpenSSH sftp", size, timings, directions)
 
 
 def _ftps_bench(size: int, work: Path, report: Report) -> None:

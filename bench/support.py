@@ -107,7 +107,11 @@ class Report:
                 f"  {figure.label}: {_number(figure.measured)} {figure.unit}"
                 f" | anchor {figure.anchor_label}: {_number(figure.anchor)} {figure.unit}"
                 f" | ratio {figure.ratio:,.2f}x"
-                f" | target {' and '.join(targets) or 'none'}: {'MET' if figure.met else 'NOT MET'}"
+                + (
+                    f" | target {' and '.join(targets)}: {'MET' if figure.met else 'NOT MET'}"
+                    if targets
+                    else " | no target"
+                )
             )
         for note in self.notes:
             print(f"  note: {note}")

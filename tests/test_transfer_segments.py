@@ -139,6 +139,9 @@ def test_a_partner_that_allows_fewer_logins_gets_a_download_over_those_and_the_r
         download(session, "feed.bin", tmp_path / "feed.bin")
         assert (tmp_path / "feed.bin").read_bytes() == payload
         assert len(session.segment_sessions) == 1 and partner.logins == 2
+        attempts = len(partner.transports)
+        download(session, "feed.bin", tmp_path / "again.bin")  # no new logins tried for this session
+        assert (tmp_path / "again.bin").read_bytes() == payload and len(partner.transports) == attempts
         audit_events(session, "test")
     finally:
         session.close()

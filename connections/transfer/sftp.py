@@ -8,6 +8,7 @@ import socket
 import stat
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -120,6 +121,7 @@ class SftpSession:
         self.trusted_fingerprint = trusted_fingerprint
         self.events: list[tuple[str, dict[str, Any]]] = []  # audited later by the caller's thread
         self.segment_sessions: list[SftpSession] = []  # opened by the first segmented download, kept
+        self.segment_logins_refused = False
         self.connect()
 
     # ------------------------------------------------------------------ connection
@@ -341,33 +343,40 @@ class SftpSession:
     def _segment_sessions(self, count: int) -> list[SftpSession]:
         """This session and up to count - 1 more connections to the same server, opened once and kept.
 
-        A partner that refuses another login (a limit on sessions per user) leaves the download
-        with the connections it did accept; the refusal is audited, the transfer goes on.
+        They log in at the same time (on a long-distance link each login is several round trips).
+        A partner that refuses a login (a limit on sessions per user) leaves the downloads of this
+        session with the connections it did accept: the refusal is audited once, the transfer goes on.
         """
-        while len(self.segment_sessions) < count - 1:
-            try:
-                helper = SftpSession(
-                    self.connection,
-                    password=self.password,
-                    private_key=self.private_key,
-                    fips=self.fips,
-                    trusted_fingerprint=self.trusted_fingerprint,
+        wanted = count - 1 - len(self.segment_sessions)
+        if wanted <= 0 or self.segment_logins_refused:
+            return [self, *self.segment_sessions[: count - 1]]
+        with ThreadPoolExecutor(wanted, thread_name_prefix="courier-sftp-login") as logins:
+            attempts = [logins.submit(self._open_segment_session) for _ in range(wanted)]
+        refusals = [attempt.exception() for attempt in attempts if attempt.exception() is not None]
+        self.segment_sessions += [attempt.result() for attempt in attempts if attempt.exception() is None]
+        if refusals:
+            self.segment_logins_refused = True
+            self.events.append(
+                (
+                    "segment_connection_refused",
+                    {
+                        "host": self.connection.host,
+                        "segments_wanted": count,
+                        "segments_open": len(self.segment_sessions) + 1,
+                        "error": str(refusals[0]),
+                    },
                 )
-            except Exception as error:
-                self.events.append(
-                    (
-                        "segment_connection_refused",
-                        {
-                            "host": self.connection.host,
-                            "segments_wanted": count,
-                            "segments_open": len(self.segment_sessions) + 1,
-                            "error": str(error),
-                        },
-                    )
-                )
-                break
-            self.segment_sessions.append(helper)
+            )
         return [self, *self.segment_sessions[: count - 1]]
+
+    def _open_segment_session(self) -> SftpSession:
+        return SftpSession(
+            self.connection,
+            password=self.password,
+            private_key=self.private_key,
+            fips=self.fips,
+            trusted_fingerprint=self.trusted_fingerprint,
+        )
 
     def upload(self, local_file: Any, remote: str, on_chunk: Callable[[int], None]) -> int:
         client = self._client()
