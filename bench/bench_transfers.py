@@ -1,6 +1,7 @@
 """SFTP and FTPS transfer throughput against the OpenSSH sftp client and curl, same server and file (SPEC 9).
 
-Targets: downloads at least 0.8x the anchor, uploads at least 0.9x, peak RSS at most 150 MB.
+Targets: downloads at least 0.8x the anchor (SFTP: the segmented download; the one-stream
+figure is shown beside it), uploads at least 0.9x, peak RSS at most 150 MB.
 Each round runs the anchor and Courier on the same server and file, taking turns at going
 first; the figure is the best round of each side (COURIER_BENCH_TRANSFER_ROUNDS, default 3),
 which keeps a burst of other load on the shared cores from deciding the ratio. COURIER_BENCH_TRANSFER_MIB sets the file
@@ -18,8 +19,22 @@ loop, for a free request slot. Now one loop keeps 8 MiB of 128 KiB READ requests
 parses the replies off the channel and writes their data as memoryviews in file order; the
 channel keeps the packets it is fed as they are (ChunkPipe) and the socket under the
 transport is read 256 KiB at a time; the channel offers a 16 MiB window and 256 KiB
-packets, so OpenSSH sends fewer, larger packets. What is left is paramiko's per-packet work
-in the transport thread (AES-GCM decryption itself is a small share) and the local write.
+packets, so OpenSSH sends fewer, larger packets.
+
+A second py-spy pass (512 MiB downloads, 2-core machine) found the main thread in the local write for
+45 % of its samples: the copy into the page cache and ext4's block allocation took 0.4 to
+1.1 s per GiB, varying from round to round, and no reply was parsed meanwhile; the rest
+went to joining channel packets and re-copying them into the parse buffer. The transport
+thread spent 55 % in the kernel's socket receive, 13 % in AES-GCM decryption, the rest in
+paramiko's per-packet Python. Writing the file to /dev/null instead cut a 512 MiB download
+from 1.5 s to 0.95 s. Now replies are parsed as views over the packets the channel was fed
+and handed to a writer thread (WriteAhead), so the write overlaps the receive. One stream
+still measures 0.65 to 0.85x OpenSSH here from round to round: one SSH connection means one
+transport thread on this side and one encrypting sshd process on the other, which OpenSSH's
+sftp + ssh pair (two processes) outruns on loopback. Segments over several connections
+(the connection's transfer_segments, measured here with COURIER_BENCH_TRANSFER_SEGMENTS,
+default 3) run those in parallel; that figure carries the download target.
+
 An FTPS download (one thread) spent 30 % of its samples in the local write and the rest in
 TLS reads through a buffered reader that made a new 1 MiB bytes object per block; blocks are
 now filled in place by recv_into and written by a second thread while the next one arrives.
@@ -148,6 +163,13 @@ def sftp_source(server: Any, name: str, size: int) -> Path:
     return source
 
 
+def _tail(path: Path) -> bytes:
+    """The last 64 KiB of a file (the last segment's end)."""
+    with path.open("rb") as handle:
+        handle.seek(-65536, os.SEEK_END)
+        return handle.read()
+
+
 def _download(session: Any, remote: str, local: Path) -> None:
     with local.open("wb") as target:
         session.download(remote, target, 0, lambda count: None)
@@ -236,7 +258,7 @@ def _sftp_bench(size: int, work: Path, report: Report) -> None:
                     lambda: openssh_sftp(server, server.port, get),
                     lambda: _download(segmented, "bench-source.bin", courier_local),
                 )
-                if courier_local.read_bytes()[-4096:] != (server.home / "bench-source.bin").read_bytes()[-4096:]:
+                if _tail(courier_local) != _tail(server.home / "bench-source.bin"):
                     raise RuntimeError("Courier's segmented SFTP download did not write the file's end")
                 compare(
                     number,

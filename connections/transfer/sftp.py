@@ -56,6 +56,9 @@ DEFAULT_REQUEST_SIZE = 32 * 1024
 # Bytes of read requests in flight during a download: 8 MiB fills a fast link, and a link
 # with 100 ms round trips at 80 MiB/s, while memory stays bounded whatever the file size.
 READ_AHEAD_BYTES = 8 * 1024 * 1024
+# What the segments of one segmented download keep in flight together, at most: each gets
+# READ_AHEAD_BYTES until there are more than four, so memory stays bounded however many are set.
+SEGMENTED_READ_AHEAD_BYTES = 4 * READ_AHEAD_BYTES
 # The SFTP channel's receive window and largest packet. The window bounds what the server
 # may send unasked-for-by-reading, so it must exceed the read-ahead (paramiko's 2 MiB would
 # stall it); OpenSSH sends packets up to the size offered when it has the data at hand.
@@ -314,9 +317,10 @@ class SftpSession:
         handle.close()
         return received
 
-    def _reader_options(self) -> dict[str, int]:
+    def _reader_options(self, segments: int = 1) -> dict[str, int]:
         request_size = OPENSSH_READ_SIZE if self._openssh else DEFAULT_REQUEST_SIZE
-        return {"request_size": request_size, "depth": READ_AHEAD_BYTES // request_size}
+        read_ahead = min(READ_AHEAD_BYTES, SEGMENTED_READ_AHEAD_BYTES // segments)
+        return {"request_size": request_size, "depth": max(1, read_ahead // request_size)}
 
     def _download_segmented(
         self, remote: str, local_file: Any, offset: int, size: int, segments: int, on_chunk: Callable[[int], None]
@@ -331,7 +335,7 @@ class SftpSession:
             sessions,
             open_range=_open_range,
             drop=SftpSession._drop_channel,
-            reader_options=self._reader_options(),
+            reader_options=self._reader_options(len(sessions)),
         )
         try:
             return download.run(offset, size, on_chunk)
