@@ -77,7 +77,7 @@ class Connection(SoftDeleteModel):
     transport_retries = models.IntegerField(default=2, help_text="Reconnects (0-3) after a dropped session.")
     transfer_segments = models.SmallIntegerField(
         default=1,
-        help_text="SFTP downloads of 64 MiB and more are read over this many connections at once (1-8; "
+        help_text="SFTP downloads of 128 MiB and more are read over this many connections at once (1-8; "
         "1 = one stream). More fill a long-distance link; the partner must allow that many logins.",
     )
     status = models.TextField(choices=Status.choices, default=Status.ACTIVE)
