@@ -150,7 +150,10 @@ def run(*, quick: bool = False) -> Report:
                     raise RuntimeError("Courier's download through the link did not move the whole file")
                 fields = {**fields, "transfer_segments": segments()}
                 measure(
-                    segmented, lambda: _courier_download(fields, SFTP_PASSWORD, work / "courier.bin"), children=False
+                    segmented,
+                    lambda: _courier_download(fields, SFTP_PASSWORD, work / "courier.bin"),
+                    children=False,
+                    fresh=work / "courier.bin",
                 )
             finally:
                 link.close()

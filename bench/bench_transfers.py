@@ -79,12 +79,17 @@ class Timing:
             self.seconds, self.cpu = seconds, cpu
 
 
-def measure(timing: Timing, action: Callable[[], Any], *, children: bool) -> None:
+def measure(timing: Timing, action: Callable[[], Any], *, children: bool, fresh: Path | None = None) -> None:
     """Time action, with the CPU this process (children=False) or its finished children spent on it.
 
-    The page cache's dirty data goes to disk first: otherwise whichever side comes later pays
-    for the write-back of the files written before it.
+    The file the action writes (`fresh`) is removed first, so every side of every round writes a
+    new file, as a download into its partial file does: overwriting a 1 GiB file costs its
+    truncation (ext4 freeing and discarding its blocks) on top, and that cost came and went from
+    round to round. The page cache's dirty data then goes to disk: otherwise whichever side comes
+    later pays for the write-back of the files written before it.
     """
+    if fresh is not None:
+        fresh.unlink(missing_ok=True)
     os.sync()
     who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
     before = resource.getrusage(who)
@@ -181,14 +186,22 @@ def _upload(session: Any, local: Path, remote: str) -> None:
 
 
 def compare(
-    round_number: int, timings: dict[str, Timing], direction: str, anchor: Callable[[], Any], courier: Callable[[], Any]
+    round_number: int,
+    timings: dict[str, Timing],
+    direction: str,
+    anchor: Callable[[], Any],
+    courier: Callable[[], Any],
+    writes: tuple[Path, Path],
 ) -> None:
-    """Both sides of one comparison, the anchor run as child processes; odd rounds let Courier go first."""
-    sides = [("anchor", anchor, True), ("courier", courier, False)]
+    """Both sides of one comparison, the anchor run as child processes; odd rounds let Courier go first.
+
+    writes: the file the anchor writes and the one Courier writes, each made anew (see measure).
+    """
+    sides = [("anchor", anchor, True, writes[0]), ("courier", courier, False, writes[1])]
     if round_number % 2:
         sides.reverse()
-    for side, action, children in sides:
-        measure(timings[f"{side} {direction}"], action, children=children)
+    for side, action, children, fresh in sides:
+        measure(timings[f"{side} {direction}"], action, children=children, fresh=fresh)
 
 
 def _figures(
@@ -250,6 +263,7 @@ def _sftp_bench(size: int, work: Path, report: Report) -> None:
                     "download",
                     lambda: openssh_sftp(server, server.port, get),
                     lambda: _download(session, "bench-source.bin", courier_local),
+                    (openssh_local, courier_local),
                 )
                 compare(
                     number,
@@ -257,6 +271,7 @@ def _sftp_bench(size: int, work: Path, report: Report) -> None:
                     "segmented download",
                     lambda: openssh_sftp(server, server.port, get),
                     lambda: _download(segmented, "bench-source.bin", courier_local),
+                    (openssh_local, courier_local),
                 )
                 if _tail(courier_local) != _tail(server.home / "bench-source.bin"):
                     raise RuntimeError("Courier's segmented SFTP download did not write the file's end")
@@ -266,6 +281,7 @@ def _sftp_bench(size: int, work: Path, report: Report) -> None:
                     "upload",
                     lambda: openssh_sftp(server, server.port, put),
                     lambda: _upload(session, courier_local, "bench-courier-up.bin"),
+                    (server.home / "bench-openssh-up.bin", server.home / "bench-courier-up.bin"),
                 )
         finally:
             session.close()
@@ -312,6 +328,7 @@ def _ftps_bench(size: int, work: Path, report: Report) -> None:
                     "download",
                     lambda: subprocess.run(get, check=True),
                     lambda: _download(session, "bench-source.bin", courier_local),
+                    (curl_local, courier_local),
                 )
                 compare(
                     number,
@@ -319,6 +336,7 @@ def _ftps_bench(size: int, work: Path, report: Report) -> None:
                     "upload",
                     lambda: subprocess.run(put, check=True),
                     lambda: _upload(session, courier_local, "bench-courier-up.bin"),
+                    (server.root / "bench-curl-up.bin", server.root / "bench-courier-up.bin"),
                 )
         finally:
             session.close()
