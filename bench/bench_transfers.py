@@ -1,7 +1,7 @@
 """SFTP and FTPS transfer throughput against the OpenSSH sftp client and curl, same server and file (SPEC 9).
 
-Targets: downloads at least 0.8x the anchor (SFTP: the segmented download; the one-stream
-figure is shown beside it), uploads at least 0.9x, peak RSS at most 150 MB.
+Targets: downloads at least 0.8x the anchor (SFTP: in one stream and in segments over several
+connections), uploads at least 0.9x, peak RSS at most 150 MB.
 Each round runs the anchor and Courier on the same server and file, taking turns at going
 first; the figure is the best round of each side (COURIER_BENCH_TRANSFER_ROUNDS, default 3),
 which keeps a burst of other load on the shared cores from deciding the ratio. COURIER_BENCH_TRANSFER_MIB sets the file
@@ -15,7 +15,7 @@ rebuilt every 1 MiB read from 64 KiB replies by bytes concatenation in BufferedF
 on top of SFTPClient._read_response and BufferedPipe's array-to-bytes copies; the transport
 thread (36 %) read each SSH packet with two or more recv calls and copied it into the
 channel's array; paramiko's prefetch thread (22 %) mostly polled, under a lock and a sleep
-loop, for a free request slot. Now one loop keeps 8 MiB of 128 KiB READ requests in flight,
+loop, for a free request slot. Now one loop keeps 32 MiB of 128 KiB READ requests in flight,
 parses the replies off the channel and writes their data as memoryviews in file order; the
 channel keeps the packets it is fed as they are (ChunkPipe) and the socket under the
 transport is read 256 KiB at a time; the channel offers a 16 MiB window and 256 KiB
@@ -28,12 +28,16 @@ went to joining channel packets and re-copying them into the parse buffer. The t
 thread spent 55 % in the kernel's socket receive, 13 % in AES-GCM decryption, the rest in
 paramiko's per-packet Python. Writing the file to /dev/null instead cut a 512 MiB download
 from 1.5 s to 0.95 s. Now replies are parsed as views over the packets the channel was fed
-and handed to a writer thread (WriteAhead), so the write overlaps the receive. One stream
-still measures 0.65 to 0.85x OpenSSH here from round to round: one SSH connection means one
-transport thread on this side and one encrypting sshd process on the other, which OpenSSH's
-sftp + ssh pair (two processes) outruns on loopback. Segments over several connections
-(the connection's transfer_segments, measured here with COURIER_BENCH_TRANSFER_SEGMENTS,
-default 3) run those in parallel; that figure carries the download target.
+and handed to a writer thread (WriteAhead), so the write overlaps the receive. That left
+one stream at 0.65 to 0.85x OpenSSH from round to round, no thread of either side busy for
+more than half the time, as when the pipeline runs dry each time a stage stalls for longer
+than the 8 MiB in flight last (20 ms at 400 MiB/s; five busy threads and processes share the two
+cores). With 32 MiB in flight (at most 256 requests) one stream measured 0.94 to 1.22x
+over four runs, 16 MiB in between. Segments over several connections (the connection's
+transfer_segments, measured here with COURIER_BENCH_TRANSFER_SEGMENTS, default 3) share
+those 32 MiB. The heap that a download's packets went through is handed back to the OS
+after it (courier_site/memory.py): without that, the transport threads' heaps kept the
+high-water mark of every pattern of threads and the peak RSS reached 160-204 MB.
 
 An FTPS download (one thread) spent 30 % of its samples in the local write and the rest in
 TLS reads through a buffered reader that made a new 1 MiB bytes object per block; blocks are
@@ -291,7 +295,7 @@ def _sftp_bench(size: int, work: Path, report: Report) -> None:
         for leftover in ("bench-source.bin", "bench-openssh-up.bin", "bench-courier-up.bin"):
             (server.home / leftover).unlink(missing_ok=True)
     directions = (
-        ("download", "download, one stream", None),
+        ("download", "download, one stream", DOWNLOAD_TARGET),
         ("segmented download", f"download, {segments()} segments", DOWNLOAD_TARGET),
         ("upload", "upload", UPLOAD_TARGET),
     )

@@ -17,7 +17,7 @@ from audit.models import AuditLogEntry
 from connections.models import Connection
 from connections.transfer.base import CHUNK, WriteBehind
 from connections.transfer.sessions import open_session
-from connections.transfer.sftp import DEFAULT_REQUEST_SIZE, READ_AHEAD_BYTES, SFTP_WINDOW
+from connections.transfer.sftp import REQUESTS_IN_FLIGHT, SFTP_WINDOW
 from connections.transfer.sftp_bulk import RECV_SIZE, ChunkPipe, Received, WriteAhead
 from jobs.errors import Cancelled
 from jobs.steps.base import CancelToken
@@ -98,7 +98,7 @@ def test_a_file_that_shrank_since_its_size_was_read_ends_at_the_servers_eof() ->
     assert received == sum(reported) == len(payload)
     # The reads already in flight when EOF came back, not the 64 MiB the size promised.
     past_the_end = [offset for offset, _ in quirks.reads if offset >= len(payload)]
-    assert 0 < len(past_the_end) <= READ_AHEAD_BYTES // DEFAULT_REQUEST_SIZE
+    assert 0 < len(past_the_end) <= REQUESTS_IN_FLIGHT
 
 
 def test_a_refused_read_fails_with_the_servers_reason_and_the_session_keeps_working() -> None:

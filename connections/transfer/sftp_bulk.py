@@ -183,7 +183,7 @@ class WriteAhead:
     after the caller closes the file, and the file holds a prefix of what was received.
     """
 
-    def __init__(self, write: Callable[[Any], Any], depth: int = 32) -> None:
+    def __init__(self, write: Callable[[Any], Any], depth: int = 16) -> None:
         self._write = write
         self._queue: queue.Queue[list[memoryview] | None] = queue.Queue(depth)
         self.error: BaseException | None = None
