@@ -10,7 +10,7 @@ from typing import Any
 from django import forms
 from django.core.validators import MaxValueValidator, MinValueValidator
 
-from connections.models import Connection
+from connections.models import NUMBER_RANGES, Connection
 from connections.policy import ALLOW_IN_PRODUCTION, insecure_trust_allowed
 from system.values import setting_bool
 
@@ -19,16 +19,6 @@ SSH_ALGORITHM_KEYS = {"kex", "ciphers", "macs", "host_key_types"}
 THUMBPRINT = re.compile(r"^[0-9a-f]{64}$")
 NO_HOST = "[E3003] A connection needs the host name or IP address of the partner server."
 HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
-# Accepted ranges of the numeric settings (transport_retries and transfer_segments mirror their
-# ck_connections_* checks); outside them a save would otherwise reach PostgreSQL and fail there.
-NUMBER_RANGES = {
-    "port": (1, 65535),
-    "connect_timeout_sec": (1, 3600),
-    "operation_timeout_sec": (1, 86400),
-    "keepalive_interval_sec": (0, 3600),
-    "transport_retries": (0, 3),
-    "transfer_segments": (1, 8),
-}
 
 
 def is_host(value: str) -> bool:

@@ -10,6 +10,18 @@ from django.db.models.functions import Now
 from courier_site.envelope import keyring
 from courier_site.softdelete import SoftDeleteModel
 
+# Accepted ranges of the numeric settings (transport_retries and transfer_segments mirror their
+# ck_connections_* checks): the console form and the definitions import refuse values outside
+# them, which would otherwise reach PostgreSQL and fail there.
+NUMBER_RANGES = {
+    "port": (1, 65535),
+    "connect_timeout_sec": (1, 3600),
+    "operation_timeout_sec": (1, 86400),
+    "keepalive_interval_sec": (0, 3600),
+    "transport_retries": (0, 3),
+    "transfer_segments": (1, 8),
+}
+
 
 class Connection(SoftDeleteModel):
     class Protocol(models.TextChoices):

@@ -11,7 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit.models import AuditLogEntry
-from connections.models import Connection
+from connections.models import NUMBER_RANGES, Connection
 from courier_site.errors import CourierError
 from jobs.chains import MemberSpec, check_members
 from jobs.definitions import check_definition, record_version
@@ -260,6 +260,13 @@ def _import_connections(document: dict[str, Any], report: dict[str, list[str]]) 
 
     for data in document.get("connections") or []:
         fields = {field: data[field] for field in CONNECTION_FIELDS if field in data and field != "name"}
+        for field, (lowest, highest) in NUMBER_RANGES.items():
+            value = fields.get(field)
+            if field in fields and (type(value) is not int or not lowest <= value <= highest):
+                raise ImportRefused(
+                    f"connection '{data['name']}': {field} must be a whole number from {lowest} to {highest}, "
+                    f"not {value!r}"
+                )
         connection = Connection.objects.filter(name=data["name"]).first()
         if connection is None:
             connection = Connection.objects.create(name=data["name"], **fields)

@@ -9,6 +9,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
+from connections.models import Connection
 from jobs.models import Job, JobExecution, JobVersion
 from jobs.portability import ImportRefused, export_jobs, import_jobs
 from tags.models import EntityTag, Tag
@@ -286,3 +287,20 @@ def test_a_monitor_with_a_too_short_interval_is_refused_on_import(tmp_path: Path
 
     with pytest.raises(ImportRefused, match=r"E2060.*monitor 'Fast'.*E5000.*30 seconds"):
         import_jobs(document, by="deployer")
+
+
+@pytest.mark.parametrize(("field", "value"), [("transfer_segments", 9), ("transport_retries", 7), ("port", "22")])
+def test_a_connection_setting_outside_its_range_refuses_the_file_and_changes_nothing(field: str, value: object) -> None:
+    connection = {
+        "name": "Partner",
+        "protocol": "sftp",
+        "host": "sftp.partner.test",
+        "port": 22,
+        "auth_method": "password",
+        "username": "courier",
+        field: value,
+    }
+    document = {"format": "courier-definitions", "format_version": 1, "jobs": [], "connections": [connection]}
+    with pytest.raises(ImportRefused, match=rf"\[E2060\] connection 'Partner': {field} must be a whole number from"):
+        import_jobs(document, by="deployer")
+    assert not Connection.objects.filter(name="Partner").exists()
