@@ -4,9 +4,10 @@ paramiko's own transfer path (SFTPFile.prefetch, read and write) spends most of 
 Python bookkeeping rather than on the data: a helper thread that polls for free request slots,
 a dictionary of replies, bytes joined and re-sliced at every layer. Here one loop keeps a fixed
 number of READ (or WRITE) requests outstanding and parses the replies from the channel itself.
-A download writes each reply's data to the local file as a memoryview, in file order: the
-partial file of an interrupted download is always a prefix of the remote file, which is what
-resuming relies on. An upload reads the local file straight into the request it sends.
+A download parses the replies as views over the packets the channel received and hands their
+data, in file order, to a writer thread: the partial file of an interrupted download is always
+a prefix of the remote file, which is what resuming relies on. An upload reads the local file
+straight into the request it sends.
 """
 
 from __future__ import annotations
