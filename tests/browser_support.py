@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import Group
 from selenium import webdriver
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -131,7 +131,14 @@ def wait(driver: WebDriver, seconds: float = WAIT_SECONDS) -> WebDriverWait:
 
 
 def page_text(driver: WebDriver) -> str:
-    return driver.find_element(By.TAG_NAME, "body").text
+    """The text of the page's body. Read while the browser replaces the page (after a submit), the body
+    found may belong to the old document: that is a stale element, which wait() reads again."""
+    try:
+        return driver.find_element(By.TAG_NAME, "body").text
+    except WebDriverException as error:
+        if "does not belong to the document" in (error.msg or ""):
+            raise StaleElementReferenceException(error.msg) from error
+        raise
 
 
 def content_text(driver: WebDriver) -> str:

@@ -14,13 +14,9 @@ from selenium.webdriver.remote.webdriver import WebDriver
 
 from audit.models import AuditLogEntry
 from courier_site.roles import VIEWER
-from tests.browser_support import console_user, downloaded, sign_in, wait
+from tests.browser_support import console_user, downloaded, page_text, sign_in, wait
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def _body(driver: WebDriver) -> str:
-    return driver.find_element(By.TAG_NAME, "body").text
 
 
 def _search_details(driver: WebDriver, base_url: str, text: str) -> None:
@@ -39,8 +35,8 @@ def test_a_json_details_filter_finds_one_partners_records_and_exports_them_as_cs
     sign_in(browser, live_server.url, "victor")
 
     _search_details(browser, live_server.url, '{"partner": "acme"}')
-    wait(browser).until(lambda page: "downloaded" in _body(page))
-    assert "globex" not in _body(browser)
+    wait(browser).until(lambda page: "downloaded" in page_text(page))
+    assert "globex" not in page_text(browser)
 
     browser.find_element(By.ID, "courier-export").click()
     with downloaded(downloads, ".csv").open(newline="") as exported:
@@ -55,4 +51,4 @@ def test_a_details_filter_that_is_not_json_is_refused_with_a_message_naming_the_
     console_user(django_user_model, "victor", VIEWER)
     sign_in(browser, live_server.url, "victor")
     _search_details(browser, live_server.url, '{"partner": acme}')
-    wait(browser).until(lambda page: "not valid JSON" in _body(page))
+    wait(browser).until(lambda page: "not valid JSON" in page_text(page))

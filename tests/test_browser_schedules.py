@@ -11,7 +11,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 
 from courier_site.roles import OPERATOR
 from jobs.models import JobSchedule
-from tests.browser_support import console_user, sign_in, wait
+from tests.browser_support import console_user, page_text, sign_in, wait
 from tests.engine_support import make_job
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -30,8 +30,8 @@ def test_a_schedule_with_a_bad_cron_expression_shows_e2012_and_is_not_saved(
     cron.send_keys("61 * * * *")
     browser.find_element(By.CSS_SELECTOR, "[name=_save]").click()
 
-    wait(browser).until(lambda page: "[E2012]" in page.find_element(By.TAG_NAME, "body").text)
-    error = browser.find_element(By.TAG_NAME, "body").text
+    wait(browser).until(lambda page: "[E2012]" in page_text(page))
+    error = page_text(browser)
     assert "61" in error.split("[E2012]", 1)[1].splitlines()[0], "the message names the value at fault"
     assert browser.find_element(By.NAME, "cron_expression").get_attribute("value") == "61 * * * *"
     assert not JobSchedule.objects.filter(job=job).exists()
