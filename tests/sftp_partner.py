@@ -14,10 +14,14 @@ import socket
 import struct
 import threading
 import time
+import uuid
 from contextlib import suppress
 from dataclasses import dataclass, field
+from typing import Any
 
 import paramiko
+
+from connections.models import Connection
 
 PARTNER_USER = "partner"
 PARTNER_PASSWORD = "partner-Test-Password-9"
@@ -180,3 +184,19 @@ class SftpPartner:
         for transport in self.transports:
             with suppress(Exception):
                 transport.close()
+
+
+def partner_connection(partner: SftpPartner, **fields: Any) -> Connection:
+    """A saved connection row that logs in to partner with its password."""
+    connection = Connection(
+        name=f"quirky-{uuid.uuid4().hex[:6]}",
+        protocol="sftp",
+        host="127.0.0.1",
+        port=partner.port,
+        auth_method="password",
+        username=PARTNER_USER,
+        **fields,
+    )
+    connection.set_password(PARTNER_PASSWORD)
+    connection.save()
+    return connection

@@ -14,7 +14,6 @@ import pytest
 from paramiko.buffered_pipe import PipeTimeout
 
 from audit.models import AuditLogEntry
-from connections.models import Connection
 from connections.transfer.base import CHUNK, WriteBehind
 from connections.transfer.sessions import open_session
 from connections.transfer.sftp import REQUESTS_IN_FLIGHT, SFTP_WINDOW
@@ -22,7 +21,7 @@ from connections.transfer.sftp_bulk import RECV_SIZE, ChunkPipe, Received, Write
 from jobs.errors import Cancelled
 from jobs.steps.base import CancelToken
 from tests.servers import sftp_connection, sftp_folder, ssh_server
-from tests.sftp_partner import PARTNER_PASSWORD, PARTNER_USER, Quirks, SftpPartner
+from tests.sftp_partner import Quirks, SftpPartner, partner_connection
 
 pytestmark = pytest.mark.django_db
 
@@ -35,17 +34,7 @@ def sshd(tmp_path_factory: pytest.TempPathFactory):
 
 def partner_session(files: dict[str, bytes], quirks: Quirks):
     partner = SftpPartner(files, quirks)
-    connection = Connection(
-        name=f"quirky-{uuid.uuid4().hex[:6]}",
-        protocol="sftp",
-        host="127.0.0.1",
-        port=partner.port,
-        auth_method="password",
-        username=PARTNER_USER,
-    )
-    connection.set_password(PARTNER_PASSWORD)
-    connection.save()
-    return partner, open_session(connection)
+    return partner, open_session(partner_connection(partner))
 
 
 def fetch(session, name: str, offset: int = 0) -> tuple[bytes, list[int], int]:

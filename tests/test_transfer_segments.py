@@ -19,7 +19,7 @@ from connections.transfer.sftp_segments import segment_count, split
 from jobs.errors import Cancelled
 from jobs.steps.base import CancelToken, Progress, get_step_type
 from tests.servers import sftp_connection, sftp_folder, ssh_server
-from tests.sftp_partner import PARTNER_PASSWORD, PARTNER_USER, Quirks, SftpPartner
+from tests.sftp_partner import PARTNER_PASSWORD, Quirks, SftpPartner, partner_connection
 from tests.step_support import make_context
 
 pytestmark = pytest.mark.django_db
@@ -185,21 +185,6 @@ def test_the_download_step_resumes_a_cancelled_segmented_download_into_the_same_
     assert result.bytes_processed == len(payload)
     resumed = AuditLogEntry.objects.filter(entity_id=connection.pk, operation="file_downloaded").latest("performed_at")
     assert resumed.details["resumed_from"] == len(partial)
-
-
-def partner_connection(partner: SftpPartner, **fields) -> Connection:
-    connection = Connection(
-        name=f"segments-{uuid.uuid4().hex[:6]}",
-        protocol="sftp",
-        host="127.0.0.1",
-        port=partner.port,
-        auth_method="password",
-        username=PARTNER_USER,
-        **fields,
-    )
-    connection.set_password(PARTNER_PASSWORD)
-    connection.save()
-    return connection
 
 
 def test_segment_count_needs_a_file_written_by_position_and_two_segments_worth() -> None:

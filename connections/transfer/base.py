@@ -96,35 +96,62 @@ class SetupDeadline:
         self._timer.cancel()
 
 
-class WriteBehind:
-    """Writes received blocks to the local file in a thread of its own, while the next block arrives.
+class WriterThread:
+    """Writes what a transfer received to the local file in a thread of its own, in the order queued.
 
-    Receiving (TLS decryption) and writing (the copy into the page cache) both release the GIL,
-    so on two cores they overlap instead of taking turns. `blocks` preallocated buffers go round:
-    `free()` hands out one to fill, `submit()` queues its filled part for writing, in order.
-    A write that fails (a full disk) is raised by the next `free()` or at the end; leaving the
-    block, normally or not, waits for the queued writes, so none lands after the caller closes
-    the file, and what was written is a prefix of what was received.
+    The disk write (the copy into the page cache, block allocation) releases the GIL, so it
+    runs while the next data arrives instead of holding it up. A write that fails (a full
+    disk) is kept in `error` for the receiving thread to raise; leaving the block, normally
+    or not, waits for what was queued: nothing lands after the caller closes the file, and
+    the file holds a prefix of what was received. Subclasses say what an item is (`_write_item`)
+    and what to do once it is written or skipped (`_done`).
     """
 
-    def __init__(self, write: Callable[[Any], Any], size: int = CHUNK, blocks: int = 3) -> None:
+    def __init__(self, write: Callable[[Any], Any], depth: int = 0, name: str = "courier-write") -> None:
         self._write = write
-        self._free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
-        for _ in range(blocks):
-            self._free.put(memoryview(bytearray(size)))
-        self._queued: queue.SimpleQueue[tuple[memoryview, memoryview] | None] = queue.SimpleQueue()
+        self._queue: queue.Queue[Any] = queue.Queue(depth)
         self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="courier-write-behind", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
-    def __enter__(self) -> WriteBehind:
+    def __enter__(self) -> Any:
         self._thread.start()
         return self
 
     def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
-        self._queued.put(None)
+        self._queue.put(None)
         self._thread.join()
         if kind is None and self.error is not None:
             raise self.error
+
+    def _write_item(self, item: Any) -> None:
+        self._write(item)
+
+    def _done(self, item: Any) -> None:
+        """Called for every item, written or skipped after an earlier failure."""
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self.error is None:
+                try:
+                    self._write_item(item)
+                except BaseException as error:  # handed to the receiving thread, which raises it
+                    self.error = error
+            self._done(item)
+
+
+class WriteBehind(WriterThread):
+    """FTPS downloads: `blocks` preallocated buffers go round between receiving and writing.
+
+    Receiving (TLS decryption) and writing both release the GIL, so on two cores they overlap
+    instead of taking turns. `free()` hands out a block to fill (and raises a failed write),
+    `submit()` queues its filled part for writing.
+    """
+
+    def __init__(self, write: Callable[[Any], Any], size: int = CHUNK, blocks: int = 3) -> None:
+        super().__init__(write, name="courier-write-behind")
+        self._free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
+        for _ in range(blocks):
+            self._free.put(memoryview(bytearray(size)))
 
     def free(self) -> memoryview:
         block = self._free.get()
@@ -133,15 +160,12 @@ class WriteBehind:
         return block
 
     def submit(self, block: memoryview, count: int) -> None:
-        self._queued.put((block, block[:count]))
+        self._queue.put((block, block[:count]))
 
-    def _run(self) -> None:
-        while (item := self._queued.get()) is not None:
-            block, filled = item
-            if self.error is None:
-                try:
-                    self._write(filled)
-                except BaseException as error:  # handed to the receiving thread, which raises it
-                    self.error = error
-            filled.release()
-            self._free.put(block)
+    def _write_item(self, item: tuple[memoryview, memoryview]) -> None:
+        self._write(item[1])
+
+    def _done(self, item: tuple[memoryview, memoryview]) -> None:
+        block, filled = item
+        filled.release()
+        self._free.put(block)

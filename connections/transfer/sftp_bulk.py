@@ -13,10 +13,8 @@ straight into the request it sends.
 from __future__ import annotations
 
 import collections
-import queue
 import socket
 import struct
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -33,7 +31,7 @@ from paramiko.sftp import (
     SFTP_PERMISSION_DENIED,
 )
 
-from connections.transfer.base import CHUNK
+from connections.transfer.base import CHUNK, WriterThread
 
 # Request ids of the bulk reader: far above the ones SFTPClient counts up from 1, so a reply
 # can never be taken for the other's.
@@ -174,45 +172,24 @@ class Received:
         return b"".join(self.take(count))
 
 
-class WriteAhead:
-    """Writes what a download received to the local file in a thread of its own, in the order handed over.
+class WriteAhead(WriterThread):
+    """SFTP downloads: the data of each reply, as views over the packets it came in, written in order.
 
-    The disk write (the copy into the page cache, block allocation) releases the GIL, so it
-    runs while the next replies arrive and are parsed instead of holding them up. At most
-    `depth` pieces wait; a write that fails (a full disk) is raised by the next `put()` or at
-    the end. Leaving the block, normally or not, waits for what was queued: nothing lands
-    after the caller closes the file, and the file holds a prefix of what was received.
+    At most `depth` replies wait, so a slow disk holds back the reader (and the requests it
+    sends) rather than memory growing; a failed write is raised by the next `put()` or at the end.
     """
 
     def __init__(self, write: Callable[[Any], Any], depth: int = 16) -> None:
-        self._write = write
-        self._queue: queue.Queue[list[memoryview] | None] = queue.Queue(depth)
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="courier-sftp-write", daemon=True)
-
-    def __enter__(self) -> WriteAhead:
-        self._thread.start()
-        return self
-
-    def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
-        self._queue.put(None)
-        self._thread.join()
-        if kind is None and self.error is not None:
-            raise self.error
+        super().__init__(write, depth, name="courier-sftp-write")
 
     def put(self, pieces: list[memoryview]) -> None:
         if self.error is not None:
             raise self.error
         self._queue.put(pieces)
 
-    def _run(self) -> None:
-        while (pieces := self._queue.get()) is not None:
-            if self.error is None:
-                try:
-                    for piece in pieces:
-                        self._write(piece)
-                except BaseException as error:  # handed to the reading thread, which raises it
-                    self.error = error
+    def _write_item(self, pieces: list[memoryview]) -> None:
+        for piece in pieces:
+            self._write(piece)
 
 
 class BufferedSocket:
