@@ -2,10 +2,11 @@
 
 Targets: downloads at least 0.8x the anchor (SFTP: in one stream and in segments over several
 connections), uploads at least 0.9x, peak RSS at most 150 MB.
-Each round runs the anchor and Courier on the same server and file, taking turns at going
-first; the figure is the best round of each side (COURIER_BENCH_TRANSFER_ROUNDS, default 3),
-which keeps a burst of other load on the shared cores from deciding the ratio. COURIER_BENCH_TRANSFER_MIB sets the file
-size (default 1024, 128 with --quick). The notes give the CPU seconds each side spent per GiB:
+Each round runs the anchor and Courier on the same server and file (both sides of an upload
+send one shared local file), taking turns at going first; the figure is the best round of
+each side (COURIER_BENCH_TRANSFER_ROUNDS, default 3), which keeps a burst of other load on
+the shared cores from deciding the ratio. COURIER_BENCH_TRANSFER_MIB sets the file size
+(default 1024, 128 with --quick). The notes give the CPU seconds each side spent per GiB:
 unlike the rates, they barely move with the machine's load.
 
 Where an SFTP download's time went (py-spy of the worker code on a 256 MiB download, 2-core
@@ -248,7 +249,7 @@ def _seconds(timing: Timing) -> str:
     return "/".join(f"{seconds:.1f}" for seconds in timing.rounds)
 
 
-def _sftp_bench(size: int, work: Path, report: Report) -> None:
+def _sftp_bench(size: int, work: Path, upload_source: Path, report: Report) -> None:
     from tests.servers import SFTP_PASSWORD, ssh_server
 
     count = segments(size)
@@ -261,7 +262,7 @@ def _sftp_bench(size: int, work: Path, report: Report) -> None:
         segmented = courier_session({**sftp_connection_fields(server.port), "transfer_segments": count}, SFTP_PASSWORD)
         try:
             get = f"get bench-source.bin {openssh_local}\n"
-            put = f"put {openssh_local} bench-openssh-up.bin\n"
+            put = f"put {upload_source} bench-openssh-up.bin\n"
             for number in range(rounds()):
                 compare(
                     number,
@@ -287,7 +288,7 @@ def _sftp_bench(size: int, work: Path, report: Report) -> None:
                     timings,
                     "upload",
                     lambda: openssh_sftp(server, server.port, put),
-                    lambda: _upload(session, courier_local, "bench-courier-up.bin"),
+                    lambda: _upload(session, upload_source, "bench-courier-up.bin"),
                     (server.home / "bench-openssh-up.bin", server.home / "bench-courier-up.bin"),
                 )
         finally:
@@ -307,7 +308,7 @@ def _sftp_bench(size: int, work: Path, report: Report) -> None:
     _figures(report, "SFTP", "OpenSSH sftp", size, timings, directions)
 
 
-def _ftps_bench(size: int, work: Path, report: Report) -> None:
+def _ftps_bench(size: int, work: Path, upload_source: Path, report: Report) -> None:
     from tests.servers import serve_ftp_in_subprocess
 
     timings = {name: Timing() for name in ("anchor download", "courier download", "anchor upload", "courier upload")}
@@ -329,7 +330,7 @@ def _ftps_bench(size: int, work: Path, report: Report) -> None:
         )
         try:
             get = [*curl, "-o", str(curl_local), base + "bench-source.bin"]
-            put = [*curl, "-T", str(curl_local), base + "bench-curl-up.bin"]
+            put = [*curl, "-T", str(upload_source), base + "bench-curl-up.bin"]
             for number in range(rounds()):
                 compare(
                     number,
@@ -344,7 +345,7 @@ def _ftps_bench(size: int, work: Path, report: Report) -> None:
                     timings,
                     "upload",
                     lambda: subprocess.run(put, check=True),
-                    lambda: _upload(session, courier_local, "bench-courier-up.bin"),
+                    lambda: _upload(session, upload_source, "bench-courier-up.bin"),
                     (server.root / "bench-curl-up.bin", server.root / "bench-courier-up.bin"),
                 )
         finally:
@@ -364,9 +365,12 @@ def run(*, quick: bool = False) -> Report:
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     try:
         with scratch_database():
-            _sftp_bench(size, work, report)
+            # Both sides of every upload send this one file, already in the page cache.
+            upload_source = work / "upload-source.bin"
+            random_file(upload_source, size)
+            _sftp_bench(size, work, upload_source, report)
             if shutil.which("curl"):
-                _ftps_bench(size, work, report)
+                _ftps_bench(size, work, upload_source, report)
             else:
                 report.notes.append("curl not installed: FTPS comparison not run")
     finally:
