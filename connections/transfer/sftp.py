@@ -347,9 +347,6 @@ class SftpSession:
         self, remote: str, local_file: Any, offset: int, size: int, segments: int, on_chunk: Callable[[int], None]
     ) -> int:
         sessions = self._segment_sessions(segments)
-        for helper in sessions[1:]:  # reconnects of the extra connections are this session's to audit
-            self.events.extend(helper.events)
-            helper.events.clear()
         download = SegmentedDownload(
             remote,
             local_file,
@@ -361,7 +358,7 @@ class SftpSession:
         try:
             return download.run(offset, size, on_chunk)
         finally:
-            for helper in sessions[1:]:
+            for helper in sessions[1:]:  # reconnects of the extra connections are this session's to audit
                 self.events.extend(helper.events)
                 helper.events.clear()
 
