@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -70,6 +72,22 @@ def live(django_db_setup: Any, django_db_blocker: Any) -> Iterator[LiveDatabase]
     """A database of the test module's own, migrated by `manage.py migrate`, for real worker processes."""
     with django_db_blocker.unblock(), live_database() as database:
         yield database
+
+
+@pytest.fixture
+def gpg_home(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """Makes gpg command-line homes by name under tmp_path; the agents gpg starts in them are stopped after the test."""
+    made: list[Path] = []
+
+    def make(name: str) -> Path:
+        home = tmp_path / name
+        home.mkdir(mode=0o700)
+        made.append(home)
+        return home
+
+    yield make
+    for home in made:
+        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], capture_output=True, check=False)
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -31,7 +31,6 @@ class GpgCli:
     """The gpg command line in a home of its own, standing in for a partner or for someone's old keyring."""
 
     def __init__(self, home: Path) -> None:
-        home.mkdir(mode=0o700)
         self.home = home
 
     def run(
@@ -67,17 +66,9 @@ def data_dir(settings, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def gpg_cli(tmp_path: Path) -> Iterator[Callable[[str], GpgCli]]:
-    """Makes command-line homes by name; their gpg agents are stopped after the test."""
-    made: list[GpgCli] = []
-
-    def make(name: str) -> GpgCli:
-        made.append(GpgCli(tmp_path / name))
-        return made[-1]
-
-    yield make
-    for cli in made:
-        subprocess.run(["gpgconf", "--homedir", str(cli.home), "--kill", "gpg-agent"], capture_output=True)
+def gpg_cli(gpg_home: Callable[[str], Path]) -> Callable[[str], GpgCli]:
+    """Makes command-line homes by name (gpg_home stops their agents after the test)."""
+    return lambda name: GpgCli(gpg_home(name))
 
 
 @pytest.fixture

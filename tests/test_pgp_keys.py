@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,6 @@ pytestmark = pytest.mark.django_db
 
 def gpg_cli_key(home: Path, passphrase: str) -> tuple[str, str]:
     """A key pair made by the gpg command line, exported as a partner would send it: (public, private)."""
-    home.mkdir(mode=0o700)
     base = ["gpg", "--homedir", str(home), "--batch", "--pinentry-mode", "loopback", "--passphrase", passphrase]
     subprocess.run(
         [*base, "--quick-generate-key", "Partner <partner@example.com>", "rsa2048", "default", "never"],
@@ -49,16 +49,16 @@ def test_generate_every_algorithm(algorithm: str) -> None:
     assert b"PRIVATE KEY BLOCK" not in bytes(key.private_key_data)
 
 
-def test_import_a_partner_public_key_and_refuse_it_twice(tmp_path: Path) -> None:
-    public, _ = gpg_cli_key(tmp_path / "partner", "p4ss")
+def test_import_a_partner_public_key_and_refuse_it_twice(gpg_home: Callable[[str], Path]) -> None:
+    public, _ = gpg_cli_key(gpg_home("partner"), "p4ss")
     key = import_pgp_key("ACME public", public, None, by="admin")
     assert key.key_type == "public_only" and not key.private_key_data
     with pytest.raises(DuplicateKey, match=r"\[E4002\]"):
         import_pgp_key("again", public, None, by="admin")
 
 
-def test_import_a_key_pair_checks_its_passphrase(tmp_path: Path) -> None:
-    _, private = gpg_cli_key(tmp_path / "pair", "right-pass")
+def test_import_a_key_pair_checks_its_passphrase(gpg_home: Callable[[str], Path]) -> None:
+    _, private = gpg_cli_key(gpg_home("pair"), "right-pass")
     with pytest.raises(WrongPassphrase, match=r"\[E4001\]"):
         pgp.load(private, "wrong-pass")
     key = import_pgp_key("ours", private, "right-pass", by="admin")
@@ -78,12 +78,13 @@ def login(client: Client, django_user_model, role: str) -> Client:
     return client
 
 
-def test_public_export_is_a_real_key_that_gpg_imports(client: Client, django_user_model, tmp_path: Path) -> None:
+def test_public_export_is_a_real_key_that_gpg_imports(
+    client: Client, django_user_model, gpg_home: Callable[[str], Path]
+) -> None:
     key = generate_pgp_key("shared", "ecc_curve25519", by="admin")
     login(client, django_user_model, "Viewer")
     exported = client.get(reverse("admin:keystore_pgpkey_public", args=[key.pk])).content
-    home = tmp_path / "check"
-    home.mkdir(mode=0o700)
+    home = gpg_home("check")
     result = subprocess.run(["gpg", "--homedir", str(home), "--batch", "--import"], input=exported, capture_output=True)
     assert result.returncode == 0
     listing = subprocess.run(
@@ -168,7 +169,7 @@ def test_the_add_page_refuses_passphrases_that_differ(client: Client, django_use
 
 
 def test_the_admin_export_of_a_key_generated_with_a_passphrase_is_protected_by_it(
-    client: Client, django_user_model, tmp_path: Path
+    client: Client, django_user_model, tmp_path: Path, gpg_home: Callable[[str], Path]
 ) -> None:
     login(client, django_user_model, "Admin")
     created = client.post(
@@ -180,8 +181,7 @@ def test_the_admin_export_of_a_key_generated_with_a_passphrase_is_protected_by_i
     exported = client.post(reverse("admin:keystore_pgpkey_private", args=[key.pk]), {"confirm": key.short_key_id})
     assert b"BEGIN PGP PRIVATE KEY BLOCK" in exported.content
 
-    home = tmp_path / "holder"
-    home.mkdir(mode=0o700)
+    home = gpg_home("holder")
     gpg = ["gpg", "--homedir", str(home), "--batch", "--trust-model", "always"]
     subprocess.run([*gpg, "--import"], input=exported.content, check=True, capture_output=True)
     subprocess.run(

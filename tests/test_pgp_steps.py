@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from audit.models import AuditLogEntry
+from courier_site.envelope import keyring
 from jobs.errors import Cancelled
 from jobs.steps.base import CancelToken, StepContext, StepType, get_step_type
 from keystore import lifecycle
 from keystore.models import PgpKey
 from keystore.services import generate_pgp_key
+from system.models import SystemSetting
 from tests.engine_support import make_job, run_inline
 from tests.step_support import make_context
 
@@ -65,10 +69,11 @@ def test_encrypt_to_two_recipients_signed_then_decrypt_and_verify(data_dir: Path
     assert signature["valid"] and signature["signer_fingerprint"] == alice.fingerprint
 
 
-def test_a_file_encrypted_by_the_gpg_command_line_decrypts_in_courier(data_dir: Path, tmp_path: Path) -> None:
+def test_a_file_encrypted_by_the_gpg_command_line_decrypts_in_courier(
+    data_dir: Path, tmp_path: Path, gpg_home: Callable[[str], Path]
+) -> None:
     ours = generate_pgp_key("ours", "rsa_3072", by="admin")
-    home = tmp_path / "partner-gpg"
-    home.mkdir(mode=0o700)
+    home = gpg_home("partner-gpg")
     subprocess.run(
         ["gpg", "--homedir", str(home), "--batch", "--import"],
         input=ours.public_key_data.encode(),
@@ -186,8 +191,6 @@ def test_verify_fails_on_tampered_data_unknown_and_revoked_signers(data_dir: Pat
 
 @pytest.mark.parametrize("algorithm", ["rsa_2048", "rsa_3072", "rsa_4096", "ecc_curve25519", "ecc_p256", "ecc_p384"])
 def test_round_trip_for_every_algorithm(data_dir: Path, algorithm: str, settings) -> None:
-    from system.models import SystemSetting
-
     SystemSetting.objects.filter(key="security.fips_mode_enabled").update(value="false")
     key = generate_pgp_key(f"k-{algorithm}", algorithm, by="admin")
     (data_dir / "f.bin").write_bytes(bytes(range(256)) * 100)
@@ -218,11 +221,9 @@ def test_fips_mode_refuses_curve25519_keys(data_dir: Path) -> None:
     assert execution.state == "failed" and "not allowed in FIPS mode" in execution.error_message
 
 
-def test_a_file_encrypted_by_courier_decrypts_with_the_gpg_command_line(data_dir: Path, tmp_path: Path) -> None:
-    import json
-
-    from courier_site.envelope import keyring
-
+def test_a_file_encrypted_by_courier_decrypts_with_the_gpg_command_line(
+    data_dir: Path, gpg_home: Callable[[str], Path]
+) -> None:
     key = generate_pgp_key("for-partner", "rsa_2048", by="admin")
     (data_dir / "out.txt").write_text("to the partner")
     assert (
@@ -231,8 +232,7 @@ def test_a_file_encrypted_by_courier_decrypts_with_the_gpg_command_line(data_dir
         ).state
         == "completed"
     )
-    home = tmp_path / "partner"
-    home.mkdir(mode=0o700)
+    home = gpg_home("partner")
     secret = json.loads(keyring().open_text(PgpKey.objects.get(pk=key.pk).private_key_data))["armored"]
     subprocess.run(
         ["gpg", "--homedir", str(home), "--batch", "--import"], input=secret.encode(), check=True, capture_output=True
@@ -246,8 +246,6 @@ def test_a_file_encrypted_by_courier_decrypts_with_the_gpg_command_line(data_dir
 
 
 def test_every_use_of_a_key_is_audited(data_dir: Path) -> None:
-    from audit.models import AuditLogEntry
-
     key = generate_pgp_key("audited", "ecc_p256", by="admin")
     (data_dir / "a.txt").write_text("x")
     job = make_job(
