@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -17,6 +18,8 @@ def setup_django() -> None:
     import django
 
     django.setup()
+    # paramiko's INFO lines (each connect, log-in and channel) would bury the figures.
+    logging.getLogger("paramiko").setLevel(logging.WARNING)
 
 
 @contextmanager

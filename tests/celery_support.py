@@ -17,6 +17,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from tests.child_processes import tied_to_test_run
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -205,7 +207,9 @@ class CeleryCluster:
         log_path = self.log_dir / f"{name}.log"
         with log_path.open("w") as log:
             process = subprocess.Popen(
-                [*([str(ROOT / "bin" / "respawn")] if respawn else []), *command],
+                tied_to_test_run([str(ROOT / "bin" / "respawn"), *tied_to_test_run(command)])
+                if respawn
+                else tied_to_test_run(command),
                 cwd=ROOT,
                 env=self.env(),
                 stdout=log,

@@ -24,6 +24,7 @@ from psycopg import sql
 
 from jobs.steps.base import ConfigField, StepResult, StepType, register
 from tests.celery_support import ROOT, CeleryCluster, LiveDatabase, WorkerProcess, wait_for
+from tests.child_processes import tied_to_test_run
 
 
 def seconds_until(condition: Callable[[], Any], timeout: float, interval: float = 0.1) -> float | None:
@@ -202,19 +203,21 @@ class RedisServer:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [
-                shutil.which("redis-server") or "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.directory),
-            ],
+            tied_to_test_run(
+                [
+                    shutil.which("redis-server") or "redis-server",
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(self.directory),
+                ]
+            ),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.child_processes import tied_to_test_run
+
 SFTP_USER = "courier-sftp-test"
 SFTP_PASSWORD = "sftp-Test-Password-42"
 
@@ -50,7 +52,8 @@ def ensure_sftp_user() -> Path:
         subprocess.run(
             ["useradd", "--no-create-home", "--home-dir", str(SFTP_HOME), "--shell", "/bin/sh", SFTP_USER], check=True
         )
-    subprocess.run(["usermod", "--home", str(SFTP_HOME), SFTP_USER], check=True)
+    if pwd.getpwnam(SFTP_USER).pw_dir != str(SFTP_HOME):
+        subprocess.run(["usermod", "--home", str(SFTP_HOME), SFTP_USER], check=True)
     subprocess.run(["chpasswd"], input=f"{SFTP_USER}:{SFTP_PASSWORD}", text=True, check=True)
     return SFTP_HOME
 
@@ -104,7 +107,7 @@ def ssh_server(
         f"AuthenticationMethods {authentication_methods}\n"
     )
     process = subprocess.Popen(
-        ["/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
+        tied_to_test_run(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)]),
         stdout=subprocess.DEVNULL,
         stderr=(root / "sshd.log").open("w"),
     )
@@ -344,7 +347,7 @@ def serve_ftp_in_subprocess(root: Path, tls: str | None) -> tuple[subprocess.Pop
     )
     root.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(
-        [sys.executable, "-c", code],
+        tied_to_test_run([sys.executable, "-c", code]),
         cwd=Path(__file__).resolve().parent.parent,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

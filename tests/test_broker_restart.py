@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from tests.celery_support import ROOT, CeleryCluster, LiveDatabase, celery_command, wait_for
+from tests.child_processes import tied_to_test_run
 from tests.fault_support import RedisServer, point_app_at, runs_counted
 
 pytestmark = pytest.mark.celery
@@ -59,12 +60,14 @@ def test_an_execution_queued_across_a_redis_restart_runs_when_the_broker_is_back
 
             cluster.start_worker("w1", respawn=True)
             beat = subprocess.Popen(
-                [
-                    str(ROOT / "bin" / "respawn"),
-                    *celery_command("beat"),
-                    "--schedule",
-                    str(tmp_path / "beat-schedule"),
-                ],
+                tied_to_test_run(
+                    [
+                        str(ROOT / "bin" / "respawn"),
+                        *tied_to_test_run(celery_command("beat")),
+                        "--schedule",
+                        str(tmp_path / "beat-schedule"),
+                    ]
+                ),
                 cwd=ROOT,
                 env=cluster.env(),
                 stdout=(tmp_path / "beat.log").open("w"),

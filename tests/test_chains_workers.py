@@ -33,26 +33,13 @@ def cluster(live: LiveDatabase, django_db_blocker: Any, redis_url: str, tmp_path
             live.execute("UPDATE process_heartbeats SET stopped_at = now() WHERE stopped_at IS NULL")
 
 
-def start_beat(cluster: CeleryCluster, tmp_path: Path) -> subprocess.Popen:
-    log = (tmp_path / "beat.log").open("w")
-    beat = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "courier_site", "beat", "--schedule", str(tmp_path / "beat-schedule")],
-        cwd=ROOT,
-        env=cluster.env(),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    return beat
-
-
 def make_job(name: str, seconds: float = 0.05) -> Any:
     from tests.engine_support import make_job as build
 
     return build([("test.sleep", {"seconds": seconds})], name=name)
 
 
-def test_beat_fires_a_per_second_schedule_and_the_worker_runs_it(cluster: CeleryCluster, tmp_path: Path) -> None:
+def test_beat_fires_a_per_second_schedule_and_the_worker_runs_it(cluster: CeleryCluster) -> None:
     from jobs import scheduling
     from jobs.models import JobExecution, JobSchedule
 
@@ -61,7 +48,7 @@ def test_beat_fires_a_per_second_schedule_and_the_worker_runs_it(cluster: Celery
     schedule = JobSchedule(job=job, schedule_type="cron", cron_expression="* * * * * ? *")
     scheduling.refresh(schedule)
     schedule.save()
-    beat = start_beat(cluster, tmp_path)
+    beat = cluster.start_beat(wait=False)
     try:
         wait_for(
             lambda: JobExecution.objects.filter(job=job, triggered_by="schedule", state="completed").count() >= 2,
@@ -69,8 +56,7 @@ def test_beat_fires_a_per_second_schedule_and_the_worker_runs_it(cluster: Celery
             "two scheduled runs to complete",
         )
     finally:
-        beat.terminate()
-        beat.wait(20)
+        beat.stop()
     instants = [
         run.context_snapshot["values"]["trigger.scheduled_for"]
         for run in JobExecution.objects.filter(job=job).order_by("created_at")

@@ -25,6 +25,7 @@ from monitors import services
 from monitors.models import FileMonitor
 from monitors.watcher import MonitorWatcher
 from tests.celery_support import ROOT, wait_for
+from tests.child_processes import tied_to_test_run
 from tests.engine_support import make_job
 from tests.test_monitors_support import WRITE, bind, drop, executions_of, make_monitor
 
@@ -281,7 +282,7 @@ def test_the_watcher_command_watches_until_sigterm_and_reports_a_heartbeat(inbox
         "PYTHONPATH": str(ROOT),
     }
     process = subprocess.Popen(
-        [sys.executable, "manage.py", "run_monitor_watcher"],
+        tied_to_test_run([sys.executable, "manage.py", "run_monitor_watcher"]),
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

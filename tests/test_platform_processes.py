@@ -95,23 +95,13 @@ def test_worker_heartbeat_is_refreshed_and_marked_stopped_on_shutdown(cluster: C
     )
 
 
-def test_beat_records_its_heartbeat_and_queues_partition_maintenance_at_start(
-    cluster: CeleryCluster, tmp_path: Path
-) -> None:
+def test_beat_records_its_heartbeat_and_queues_partition_maintenance_at_start(cluster: CeleryCluster) -> None:
     cluster.start_worker("maint")
     # Ask for one more month ahead than migrate created, so only the beat-sent task can create it.
     cluster.database.execute("UPDATE system_settings SET value = '3' WHERE key = 'partition.months_ahead'")
     far = month_start(date.today(), 3).strftime("%Y_%m")
     cluster.database.execute(f"DROP TABLE IF EXISTS domain_events_{far}")
-    beat_log = (tmp_path / "beat.log").open("w")
-    beat = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "courier_site", "beat", "--schedule", str(tmp_path / "beat-schedule")],
-        cwd=ROOT,
-        env=cluster.env(),
-        stdout=beat_log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    beat = cluster.start_beat(wait=False)
     try:
         wait_for(
             lambda: cluster.database.scalar(
@@ -126,9 +116,7 @@ def test_beat_records_its_heartbeat_and_queues_partition_maintenance_at_start(
             "the partition task sent by beat to run",
         )
     finally:
-        beat.send_signal(signal.SIGTERM)
-        beat.wait(20)
-        beat_log.close()
+        beat.stop()
         cluster.database.execute("UPDATE system_settings SET value = '2' WHERE key = 'partition.months_ahead'")
     assert (
         cluster.database.scalar(
