@@ -251,3 +251,73 @@ def test_operator_cancels_a_running_chain_from_its_page(as_role) -> None:
     assert "Cancelled chain execution" in response.content.decode()
     execution.refresh_from_db()
     assert execution.state == "cancelled"
+
+
+def test_the_chain_execution_page_shows_state_tally_members_and_redacted_trigger_values(as_role) -> None:
+    chain = make_chain()
+    execution = chains.trigger(
+        chain,
+        triggered_by="manual:tester",
+        context={"trigger.region": "emea", "trigger.partner_password": "hunter2-secret"},
+    )
+    client = as_role(VIEWER)
+
+    page = client.get(reverse("admin:jobs_chainexecution_change", args=[execution.pk])).content.decode()
+
+    assert 'data-live="1"' in page and 'data-state="running"' in page
+    assert "0 of 2 members completed" in page and "entry point" in page and "member 0" in page
+    assert "emea" in page and "hunter2-secret" not in page
+    assert reverse("admin:jobs_chainexecution_live", args=[execution.pk]) in page
+    assert "Cancel chain" not in page  # a viewer may look, not cancel
+
+
+def test_the_live_fragment_follows_the_chain_to_its_end_and_then_stops_polling(as_role) -> None:
+    chain = make_chain()
+    execution = chains.trigger(chain, triggered_by="manual:tester")
+    client = as_role(OPERATOR)
+    live_url = reverse("admin:jobs_chainexecution_live", args=[execution.pk])
+
+    running = client.get(live_url).content.decode()
+    assert "<html" not in running  # the fragment only, not a whole page
+    assert 'data-live="1"' in running and "Cancel chain" in running
+
+    ChainExecution.objects.filter(pk=execution.pk).update(
+        state="failed", completed_at=timezone.now(), error_message="member 1 failed"
+    )
+    execution.member_runs.filter(execution_order=0).update(state="completed")
+    execution.member_runs.filter(execution_order=1).update(state="failed", note="[E2030] timed out after 300 s")
+
+    ended = client.get(live_url).content.decode()
+    assert 'data-live="0"' in ended and 'data-state="failed"' in ended
+    assert "1 of 2 members completed, 1 failed" in ended
+    assert "member 1 failed" in ended and "[E2030] timed out after 300 s" in ended
+    assert "Cancel chain" not in ended
+
+
+def test_the_live_fragment_needs_a_signed_in_console_user(client: Client) -> None:
+    execution = chains.trigger(make_chain(), triggered_by="manual:tester")
+
+    response = client.get(reverse("admin:jobs_chainexecution_live", args=[execution.pk]))
+
+    assert response.status_code == 302 and "/login/" in response["Location"]
+
+
+def test_the_chain_list_shows_how_the_last_run_went_and_links_to_it(as_role) -> None:
+    chain = make_chain()
+    never = JobChain.objects.create(name="Never run yet")
+    earlier = chains.trigger(chain, triggered_by="manual:tester")
+    ChainExecution.objects.filter(pk=earlier.pk).update(
+        state="completed", created_at=timezone.now() - timedelta(days=1)
+    )
+    latest = chains.trigger(chain, triggered_by="manual:tester")
+    ChainExecution.objects.filter(pk=latest.pk).update(state="failed")
+    client = as_role(VIEWER)
+
+    page = client.get(reverse("admin:jobs_jobchain_changelist")).content.decode()
+
+    assert reverse("admin:jobs_chainexecution_change", args=[latest.pk]) in page
+    assert reverse("admin:jobs_chainexecution_change", args=[earlier.pk]) not in page
+    assert never.name in page
+    row = page[page.index("Quarter close") :]
+    row = row[: row.index("</tr>")]
+    assert "failed" in row

@@ -811,6 +811,7 @@ CUSTOM_VIEWS = [
         for verb in ("pause", "resume", "cancel", "retry")
     ),
     CustomView("admin:jobs_jobexecution_timeline", ALL_ROLES, "jobs.jobexecution"),
+    CustomView("admin:jobs_chainexecution_live", ALL_ROLES, "jobs.chainexecution"),
     *(
         CustomView("admin:monitors_filemonitor_state", STAFF, "monitors.filemonitor", verb, refusal=f"{verb}_refused")
         for verb in ("pause", "resume", "acknowledge", "disable", "enable")

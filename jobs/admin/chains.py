@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import QuerySet
+from django.db.models import Count, Max, OuterRef, QuerySet, Subquery
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html
 from unfold.admin import TabularInline
 
@@ -26,9 +28,13 @@ from courier_site.admin_base import (
 from courier_site.badges import state_badge
 from courier_site.errors import CourierError
 from jobs import chains
+from jobs.admin.executions import elapsed_seconds, value_rows
 from jobs.admin.schedules import ChainScheduleInline, save_schedule_formset
 from jobs.models import ChainExecution, ChainExecutionMember, ChainSchedule, JobChain, JobChainMember
 from tags.admin_mixins import TaggableAdminMixin
+
+# A chain execution in these states may still change; its page keeps itself current.
+LIVE_STATES = ("pending", "running")
 
 
 class ChainMemberForm(forms.ModelForm):
@@ -117,12 +123,16 @@ class JobChainAdmin(TaggableAdminMixin, AuditHistoryMixin, RefusalAuditMixin, So
     actions = ["trigger_selected"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
-        from django.db.models import Count, Max
-
+        latest = ChainExecution.objects.filter(chain=OuterRef("pk")).order_by("-created_at")
         return (
             super()
             .get_queryset(request)
-            .annotate(member_total=Count("members", distinct=True), last_started=Max("executions__created_at"))
+            .annotate(
+                member_total=Count("members", distinct=True),
+                last_started=Max("executions__created_at"),
+                last_execution_id=Subquery(latest.values("pk")[:1]),
+                last_state=Subquery(latest.values("state")[:1]),
+            )
         )
 
     @admin.display(description="members", ordering="member_total")
@@ -130,8 +140,14 @@ class JobChainAdmin(TaggableAdminMixin, AuditHistoryMixin, RefusalAuditMixin, So
         return getattr(obj, "member_total", 0)
 
     @admin.display(description="last run", ordering="last_started")
-    def last_run(self, obj: JobChain) -> Any:
-        return getattr(obj, "last_started", None) or "-"
+    def last_run(self, obj: JobChain) -> str:
+        """When the latest chain execution was triggered and how it went, linked to its page."""
+        started = getattr(obj, "last_started", None)
+        if started is None or getattr(obj, "last_execution_id", None) is None:
+            return "-"
+        url = reverse("admin:jobs_chainexecution_change", args=[obj.last_execution_id])
+        when = timezone.localtime(started).strftime("%Y-%m-%d %H:%M")
+        return format_html('{} <a href="{}">{}</a>', state_badge(obj.last_state), url, when)
 
     @admin.display(description="")
     def run_link(self, obj: JobChain) -> str:
@@ -242,7 +258,9 @@ class ChainExecutionAdmin(AuditHistoryMixin, ReadOnlyAdmin):
     ordering = ("-created_at",)
     fields = ("chain", "state", "triggered_by", "started_at", "completed_at", "error_message")
     readonly_fields = fields
-    change_form_after_template = "admin/jobs/chainexecution/members.html"
+    # The page draws its own header and member table (refreshed while the chain runs) and the
+    # trigger values instead of the generic read-only fieldset.
+    change_form_template = "admin/jobs/chainexecution/change_form.html"
     actions = ["cancel_selected"]
 
     @admin.display(description="chain execution")
@@ -262,19 +280,47 @@ class ChainExecutionAdmin(AuditHistoryMixin, ReadOnlyAdmin):
                 "<uuid:execution_id>/cancel/",
                 self.admin_site.admin_view(self.cancel_view),
                 name="jobs_chainexecution_cancel",
-            )
+            ),
+            path(
+                "<uuid:execution_id>/live/",
+                self.admin_site.admin_view(self.live_view),
+                name="jobs_chainexecution_live",
+            ),
         ]
         return own + super().get_urls()
+
+    def live_context(self, request: HttpRequest, execution: ChainExecution) -> dict[str, Any]:
+        """What the live part of the page shows: the chain's state and timing, and each member's run."""
+        member_runs = list(execution.member_runs.select_related("job", "job_execution").order_by("execution_order"))
+        for run in member_runs:
+            run.elapsed = elapsed_seconds(run.job_execution) if run.job_execution_id else None
+        states = Counter(run.state for run in member_runs)
+        tally = f"{states['completed']} of {len(member_runs)} members completed" + "".join(
+            f", {states[state]} {state}" for state in ("failed", "skipped", "cancelled") if states[state]
+        )
+        return {
+            "execution": execution,
+            "member_runs": member_runs,
+            "tally": tally,
+            "live": execution.state in LIVE_STATES,
+            "can_cancel": self.has_cancel_permission(request) and not execution.is_finished,
+            "elapsed_seconds": elapsed_seconds(execution),
+        }
 
     def render_change_form(self, request: HttpRequest, context: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
         obj = context.get("original")
         if obj is not None:
-            context["member_runs"] = list(
-                obj.member_runs.select_related("job", "job_execution").order_by("execution_order")
-            )
-            context["can_cancel"] = self.has_cancel_permission(request) and not obj.is_finished
-            context["live"] = not obj.is_finished
+            context.update(self.live_context(request, obj))
+            context["context_rows"] = value_rows(obj.context or {})
         return super().render_change_form(request, context, *args, **kwargs)
+
+    def live_view(self, request: HttpRequest, execution_id: Any) -> HttpResponse:
+        execution = get_object_or_404(ChainExecution.objects.select_related("chain"), pk=execution_id)
+        if not self.has_view_permission(request, execution):
+            raise PermissionDenied
+        return TemplateResponse(
+            request, "admin/jobs/chainexecution/live_rows.html", self.live_context(request, execution)
+        )
 
     def cancel_view(self, request: HttpRequest, execution_id: Any) -> HttpResponse:
         execution = get_object_or_404(ChainExecution.objects.select_related("chain"), pk=execution_id)

@@ -80,13 +80,18 @@ def elapsed_seconds(execution: JobExecution, now: Any = None) -> float | None:
     return max((end - execution.started_at).total_seconds(), 0.0)
 
 
-def context_rows(execution: JobExecution) -> list[tuple[str, str]]:
-    """The context values as (key, value) rows, secrets redacted; nested values as compact JSON."""
-    values = redact((execution.context_snapshot or {}).get("values") or {})
+def value_rows(values: dict[str, Any]) -> list[tuple[str, str]]:
+    """Values as (key, value) rows sorted by key, secrets redacted; nested values as compact JSON."""
+    shown = redact(values or {})
     return [
         (str(key), value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False))
-        for key, value in sorted(values.items(), key=lambda item: str(item[0]))
+        for key, value in sorted(shown.items(), key=lambda item: str(item[0]))
     ]
+
+
+def context_rows(execution: JobExecution) -> list[tuple[str, str]]:
+    """The run's context values as rows (see value_rows)."""
+    return value_rows((execution.context_snapshot or {}).get("values") or {})
 
 
 def step_progress(step: StepExecution) -> dict[str, Any] | None:
