@@ -13,6 +13,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.utils.html import format_html_join
 
 from courier_site.errors import CourierError
+from jobs.config_fields import ConfigValueField
 from jobs.definitions import check_references
 from jobs.engine.flow import parse
 from jobs.policy import POLICY_TYPES, FailurePolicy
@@ -295,8 +296,8 @@ def _form_field(config_field: ConfigField) -> forms.Field:
             if widget
             else forms.CharField(initial=config_field.default, **common)
         )
-    # Numbers, lists and objects accept JSON so that context: references stay possible.
-    return forms.JSONField(initial=config_field.default, **common)
+    # Paths one per line; numbers, lists and objects as JSON; context: references as written.
+    return ConfigValueField(config_field.kind, initial=config_field.default, **common)
 
 
 def version_diff(old: dict[str, Any], new: dict[str, Any], old_label: str, new_label: str) -> list[str]:

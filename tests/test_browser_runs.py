@@ -114,14 +114,14 @@ def test_an_operator_builds_a_three_step_job_in_the_console_and_runs_it_to_compl
     browser.find_element(By.CSS_SELECTOR, "[name=_save]").click()
     job = wait(browser).until(lambda _page: Job.objects.filter(name="ACME reports outbound").first())
 
-    # List-valued keys take JSON, so a single path is a quoted string.
+    # Path keys take paths as typed, one per line.
     steps = [
-        ("file.copy", "Stage the report", {"source_path": f'"{inbox}/report.csv"', "destination_path": "staged/"}),
+        ("file.copy", "Stage the report", {"source_path": f"{inbox}/report.csv", "destination_path": "staged/"}),
         ("file.rename", "Date the report", {"path": "staged/report.csv", "new_name": "report-2027-03-01.csv"}),
         (
             "file.copy",
             "Hand to the outbox",
-            {"source_path": '"staged/report-2027-03-01.csv"', "destination_path": f"{outbox}/"},
+            {"source_path": "staged/report-2027-03-01.csv", "destination_path": f"{outbox}/"},
         ),
     ]
     for order, (type_key, name, configuration) in enumerate(steps):

@@ -320,3 +320,56 @@ def test_ssh_algorithms_holding_a_nul_character_are_a_form_error(as_role) -> Non
 
     assert response.status_code == 200
     assert "NUL" in response.context["adminform"].form.errors["ssh_algorithms"][0]
+
+
+def copy_step_data(job: Job, order: int, source: str) -> dict[str, object]:
+    return {
+        "job": job.pk,
+        "step_order": order,
+        "name": "stage the invoices",
+        "type_key": "file.copy",
+        "alias": "",
+        "timeout_seconds": 300,
+        "config__source_path": source,
+        "config__destination_path": "staged/",
+        "config__overwrite": "on",
+    }
+
+
+@pytest.mark.parametrize(
+    ("typed", "stored"),
+    [
+        ("in/invoices-*.csv", "in/invoices-*.csv"),
+        ("in/a.csv\r\nin/b.csv", ["in/a.csv", "in/b.csv"]),
+        ("context:fetch.downloaded_files", "context:fetch.downloaded_files"),
+        ('"in/quoted.csv"', "in/quoted.csv"),
+    ],
+)
+def test_a_path_key_on_the_step_page_takes_paths_as_typed_and_shows_them_back_so(as_role, typed, stored) -> None:
+    client = as_role(OPERATOR)
+    job = make_job([("file.copy", {"source_path": "a.csv", "destination_path": "out/"})])
+    if typed.startswith("context:"):
+        job.steps.filter(step_order=0).update(alias="fetch")
+
+    response = client.post(reverse("admin:jobs_jobstep_add"), copy_step_data(job, 1, typed))
+
+    assert response.status_code == 302, response.content.decode()[-3000:]
+    step = job.steps.get(step_order=1)
+    assert step.configuration["source_path"] == stored
+    page = client.get(reverse("admin:jobs_jobstep_change", args=[step.pk]))
+    field = page.context["adminform"].form["config__source_path"]
+    assert field.value() == (stored if isinstance(stored, str) else "\n".join(stored))
+    assert "<textarea" in str(field)
+
+
+def test_a_path_key_that_starts_like_json_but_is_not_is_refused_next_to_the_field(as_role) -> None:
+    client = as_role(OPERATOR)
+    job = make_job([("file.copy", {"source_path": "a.csv", "destination_path": "out/"})])
+
+    response = client.post(reverse("admin:jobs_jobstep_add"), copy_step_data(job, 1, '["in/a.csv", 3]'))
+
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert "[E2002]" in errors["config__source_path"][0] and "one path per line" in errors["config__source_path"][0]
+    assert not job.steps.filter(step_order=1).exists()
+    assert response.context["adminform"].form["config__source_path"].value() == '["in/a.csv", 3]'
