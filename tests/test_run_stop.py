@@ -54,6 +54,7 @@ class EmbeddedRun:
     web: str
     local_dir: Path
     output: Path
+    env: dict[str, str]
     # Everything under the launcher once it was healthy: reparented when the launcher dies, so
     # the clean-up cannot find them from its pid any more.
     started: set[int] = field(default_factory=set)
@@ -132,7 +133,7 @@ def _start(command: list[str], local_dir: Path, tmp_path: Path) -> EmbeddedRun:
         process = subprocess.Popen(
             command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
         )
-    run = EmbeddedRun(process, web, local_dir, output)
+    run = EmbeddedRun(process, web, local_dir, output, env)
     deadline = time.monotonic() + READY_TIMEOUT
     while not _healthy(web):
         if process.poll() is not None or time.monotonic() > deadline:
@@ -207,6 +208,30 @@ def test_the_embedded_run_stops_the_application_before_postgres_and_redis_within
         )
         assert run.process.wait(timeout=5) is not None
     finally:
+        _kill_everything(run)
+
+
+def test_a_sigkilled_launcher_still_stops_the_application_within_20_s(local_dir: Path, tmp_path: Path) -> None:
+    run = _start(["bin/courier", "run"], local_dir, tmp_path)
+    try:
+        application = {pid for pid in _descendants(run.process.pid) if not _is_launcher(pid)}
+        assert len(application) >= 8, f"expected web, workers, beat and watcher under the run, found {application}"
+
+        # No trap runs on SIGKILL: PostgreSQL and Redis stay up for the next start to take over,
+        # but nothing of the application may go on running without its launcher.
+        run.process.kill()
+        started = time.monotonic()
+        left = application
+        while left and time.monotonic() - started < STOP_BOUND:
+            table = _process_table()
+            left = {pid for pid in left if _alive(pid, table)}
+            time.sleep(0.1)
+
+        assert not left, f"still running {STOP_BOUND} s after the launcher was killed: {sorted(left)}\n{run.log()}"
+    finally:
+        # As an operator would after such a kill: stop the left-running PostgreSQL and Redis cleanly,
+        # so that the next start on the same data folder finds them down.
+        subprocess.run(["bin/courier", "stop"], cwd=ROOT, env=run.env, capture_output=True, timeout=60, check=False)
         _kill_everything(run)
 
 
