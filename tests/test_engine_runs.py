@@ -382,3 +382,51 @@ def test_live_progress_and_heartbeat_are_recorded_while_a_step_runs(monkeypatch:
     assert execution.state == "completed"
     assert seen and seen[-1]["bytes_done"] > 0 and "rate_bytes_per_second" in seen[-1]
     assert step_rows(execution)[0].progress is None  # cleared once the step finished
+
+
+@pytest.mark.parametrize(
+    ("type_key", "configuration"),
+    [
+        ("file.move", {"source_path": "kept.txt", "destination_path": "outbox/"}),
+        ("file.rename", {"path": "kept.txt", "new_name": "kept-2026-12-04.txt"}),
+        ("file.delete", {"path": "kept.txt"}),
+    ],
+)
+def test_resume_does_not_expect_a_file_a_later_step_moved_or_deleted(type_key, configuration) -> None:
+    job = make_job(
+        [
+            ("test.write", {"name": "kept.txt", "text": "invoice"}),
+            (type_key, configuration),
+            ("test.flaky", {"key": f"moved-{type_key}", "failures": 1}),
+        ]
+    )
+    failed = run_inline(job)
+    assert failed.state == "failed" and "[E2015]" not in (failed.error_message or "")
+    assert not (work_dir(failed.pk) / "kept.txt").exists()
+
+    retry = control.retry_from_failed_step(failed.pk, by="tester")
+    assert control.claim(retry.pk, "inline-test")
+    runner.ExecutionRunner(retry.pk, "inline-test").run()
+
+    finished = JobExecution.objects.get(pk=retry.pk)
+    assert finished.state == "completed", finished.error_message
+    assert [row.step_order for row in step_rows(finished)] == [2]
+
+
+def test_resume_still_fails_fast_when_the_moved_file_itself_is_gone() -> None:
+    job = make_job(
+        [
+            ("test.write", {"name": "kept.txt"}),
+            ("file.move", {"source_path": "kept.txt", "destination_path": "outbox/"}),
+            ("test.flaky", {"key": "moved-gone", "failures": 1}),
+        ]
+    )
+    failed = run_inline(job)
+    (work_dir(failed.pk) / "outbox" / "kept.txt").unlink()
+
+    retry = control.retry_from_failed_step(failed.pk, by="tester")
+    assert control.claim(retry.pk, "inline-test")
+    runner.ExecutionRunner(retry.pk, "inline-test").run()
+
+    finished = JobExecution.objects.get(pk=retry.pk)
+    assert finished.state == "failed" and "[E2015]" in finished.error_message and "outbox" in finished.error_message

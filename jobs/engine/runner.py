@@ -347,6 +347,9 @@ class ExecutionRunner:
             if step.get("alias"):
                 self.values[f"{step['alias']}.{name}"] = value
         self.completed.append(position)
+        # Compared as real paths: a step may name a file through a link or a relative path.
+        gone = {os.path.realpath(path) for path in result.removed}
+        self.files = [path for path in self.files if os.path.realpath(path) not in gone]
         self.files.extend(str(Path(path)) for path in result.files)
         row.state = "completed"
         row.completed_at = timezone.now()

@@ -142,6 +142,8 @@ class StepResult:
     bytes_processed: int = 0
     # Files the step left behind that later steps rely on; resume checks they still exist.
     files: list[str] = field(default_factory=list)
+    # Files the step moved away or deleted: no longer expected when the run resumes.
+    removed: list[str] = field(default_factory=list)
     # Audit records the step asks for (entity_type, entity_id, operation, details); the
     # runner writes them with the step's checkpoint, from its own thread.
     audit: list[tuple[str, str, str, dict[str, Any]]] = field(default_factory=list)

@@ -127,7 +127,7 @@ class MoveStep(_TransferStep):
     outputs = ("moved_files",)
 
     def execute(self, config: dict[str, Any], context: StepContext, cancel: CancelToken) -> StepResult:
-        moved, total = [], 0
+        moved, sources, total = [], [], 0
         for source, target in self._pairs(config, context):
             cancel.check()
             size = source.stat().st_size
@@ -141,7 +141,8 @@ class MoveStep(_TransferStep):
                 source.unlink()
             total += size
             moved.append(str(target))
-        return StepResult(outputs={"moved_files": moved}, bytes_processed=total, files=moved)
+            sources.append(str(source))
+        return StepResult(outputs={"moved_files": moved}, bytes_processed=total, files=moved, removed=sources)
 
 
 @register
@@ -177,7 +178,7 @@ class RenameStep(StepType):
         target = resolve_path(source.parent / name, context.work_dir, context.allowed_roots)
         check_overwrite(target, config.get("overwrite", False))
         os.replace(source, target)
-        return StepResult(outputs={"renamed_file": str(target)}, files=[str(target)])
+        return StepResult(outputs={"renamed_file": str(target)}, files=[str(target)], removed=[str(source)])
 
 
 @register
@@ -202,4 +203,4 @@ class DeleteStep(StepType):
                 cancel.check()
                 match.unlink()
                 deleted.append(str(match))
-        return StepResult(outputs={"deleted_files": deleted})
+        return StepResult(outputs={"deleted_files": deleted}, removed=deleted)
