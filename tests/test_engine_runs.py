@@ -430,3 +430,21 @@ def test_resume_still_fails_fast_when_the_moved_file_itself_is_gone() -> None:
 
     finished = JobExecution.objects.get(pk=retry.pk)
     assert finished.state == "failed" and "[E2015]" in finished.error_message and "outbox" in finished.error_message
+
+
+def test_pause_resume_and_cancel_each_write_their_own_domain_event() -> None:
+    execution = control.enqueue(make_job([("test.write", {"name": "a"})]), triggered_by="manual:tester")
+    assert control.claim(execution.pk, "inline-test")
+    control.transition(execution.pk, "paused", by="tester")
+    control.resume(execution.pk, by="tester")
+    assert control.claim(execution.pk, "inline-test")
+    control.transition(execution.pk, "paused", by="tester")
+    control.request_cancel(execution.pk, by="tester")
+
+    # One transaction here, so one timestamp: compared as a multiset.
+    events = DomainEvent.objects.filter(entity_id=execution.pk).values_list("event_type", flat=True)
+    assert sorted(events) == sorted(
+        ["JobQueued", "JobStarted", "JobPaused", "JobResumed", "JobStarted", "JobPaused", "JobCancelled"]
+    )
+    operations = AuditLogEntry.objects.filter(entity_type="job_execution", entity_id=execution.pk)
+    assert operations.filter(operation="queued", details__from="paused").count() == 1

@@ -34,13 +34,15 @@ def empty_snapshot(values: dict[str, Any] | None = None) -> dict[str, Any]:
 
 
 def _audit_transition(execution: JobExecution, new_state: str, by: Any, details: dict[str, Any]) -> None:
+    # A paused run queued again is a resume: its event says so, its audit operation stays the state.
+    resumed = new_state == "queued" and details.get("from") == "paused"
     AuditLogEntry.objects.record(
         entity_type="job_execution",
         entity_id=execution.pk,
         operation=new_state,
         performed_by=by,
         details={"job_id": str(execution.job_id), "triggered_by": execution.triggered_by, **details},
-        event_type=JOB_EVENTS.get(new_state, "JobExecutionChanged"),
+        event_type="JobResumed" if resumed else JOB_EVENTS.get(new_state, "JobExecutionChanged"),
     )
 
 
