@@ -103,3 +103,37 @@ def test_copy_stops_between_chunks_when_cancelled(context) -> None:
             CopyStep().with_defaults({"source_path": "in/a.csv", "destination_path": "out/"}), context, token
         )
     assert not list((context.work_dir / "out").glob("*"))
+
+
+@pytest.mark.parametrize("step", [CopyStep(), MoveStep()], ids=["copy", "move"])
+@pytest.mark.parametrize("destination", ["out/", "out/a-copy.csv"])
+def test_cleanup_before_retry_removes_this_executions_half_written_copies_only(context, step, destination) -> None:
+    out = context.work_dir / "out"
+    out.mkdir()
+    ours = [out / ".a.csv.exec.k3j2h1.courier-tmp", out / ".a-copy.csv.exec.p0o9i8.courier-tmp"]
+    theirs = out / ".a.csv.other-execution.q1w2e3.courier-tmp"
+    for path in [*ours, theirs, out / "kept.csv"]:
+        path.write_text("partial")
+
+    step.cleanup_before_retry(step.with_defaults({"source_path": "in/a.csv", "destination_path": destination}), context)
+
+    assert sorted(path.name for path in out.iterdir()) == [theirs.name, "kept.csv"]
+    assert (context.work_dir / "in" / "a.csv").read_text() == "alpha"
+
+
+def test_a_copy_in_progress_is_written_under_a_hidden_name_carrying_the_execution(context) -> None:
+    seen: list[str] = []
+
+    class Watching(CancelToken):
+        def check(self) -> None:
+            seen.extend(path.name for path in (context.work_dir / "out").iterdir())
+            super().check()
+
+    big = context.work_dir / "in" / "big.bin"
+    big.write_bytes(os.urandom(3 * 1024 * 1024))
+    (context.work_dir / "out").mkdir()
+    config = CopyStep().with_defaults({"source_path": "in/big.bin", "destination_path": "out/"})
+    CopyStep().execute(config, context, Watching())
+
+    assert seen and all(name.startswith(".big.bin.exec.") and name.endswith(".courier-tmp") for name in seen)
+    assert sorted(path.name for path in (context.work_dir / "out").iterdir()) == ["big.bin"]

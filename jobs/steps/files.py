@@ -16,6 +16,13 @@ from jobs.paths import expand, has_glob, resolve_path
 from jobs.steps.base import CancelToken, ConfigField, StepContext, StepResult, StepType, as_list, iter_chunks, register
 
 CHUNK = 1024 * 1024
+TEMP_SUFFIX = ".courier-tmp"
+
+
+def temp_prefix(name: str, execution_id: str) -> str:
+    """Start of the hidden name a copy is written under: the target's name (cut short) and the execution's id,
+    so that a retry finds and removes its own leftovers and never another run's copy in progress."""
+    return f".{name[:100]}.{execution_id}."
 
 
 def select_sources(raw: Any, context: StepContext) -> list[Path]:
@@ -56,7 +63,9 @@ def copy_file(source: Path, target: Path, context: StepContext, cancel: CancelTo
     """Stream source to a temporary name beside target, then rename it into place atomically."""
     copied = 0
     with reporting_disk_full(target, needed=source.stat().st_size):
-        descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".courier-tmp", dir=target.parent)
+        descriptor, temporary = tempfile.mkstemp(
+            prefix=temp_prefix(target.name, context.execution_id), suffix=TEMP_SUFFIX, dir=target.parent
+        )
         try:
             with os.fdopen(descriptor, "wb") as output, source.open("rb") as data:
                 for chunk in iter_chunks(data, cancel, CHUNK):
@@ -102,6 +111,18 @@ class _TransferStep(StepType):
                 raise StepFailed(f"source and destination are the same file: {source}")
             check_overwrite(target, config.get("overwrite", True))
         return pairs
+
+    def cleanup_before_retry(self, config: dict[str, Any], context: StepContext) -> None:
+        """Remove the half-written copies a killed or failed attempt of this execution left in the destination."""
+        destination = config.get("destination_path")
+        if not isinstance(destination, str) or not destination:
+            return
+        target = resolve_path(destination, context.work_dir, context.allowed_roots)
+        folder = target if destination.endswith(("/", os.sep)) or target.is_dir() else target.parent
+        if not folder.is_dir():
+            return
+        for leftover in folder.glob(f".*.{context.execution_id}.*{TEMP_SUFFIX}"):
+            leftover.unlink(missing_ok=True)
 
 
 @register
