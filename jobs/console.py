@@ -287,6 +287,11 @@ def _form_field(config_field: ConfigField) -> forms.Field:
     common = {"required": config_field.required, "help_text": config_field.help, "label": config_field.name}
     if config_field.choices:
         return forms.ChoiceField(choices=[(choice, choice) for choice in config_field.choices], **common)
+    if config_field.kind == "boolean" and config_field.default is None:
+        # Three answers: unset leaves the step type's own rule (its help says which) in force.
+        widget = forms.NullBooleanSelect()
+        widget.choices = [("unknown", "unset (the step's default)"), ("true", "yes"), ("false", "no")]
+        return forms.NullBooleanField(**{**common, "required": False}, widget=widget)
     if config_field.kind == "boolean":
         return forms.BooleanField(**{**common, "required": False}, initial=config_field.default)
     if config_field.kind in ("string",):

@@ -332,7 +332,7 @@ def copy_step_data(job: Job, order: int, source: str) -> dict[str, object]:
         "timeout_seconds": 300,
         "config__source_path": source,
         "config__destination_path": "staged/",
-        "config__overwrite": "on",
+        "config__overwrite": "true",
     }
 
 
@@ -373,3 +373,18 @@ def test_a_path_key_that_starts_like_json_but_is_not_is_refused_next_to_the_fiel
     assert "[E2002]" in errors["config__source_path"][0] and "one path per line" in errors["config__source_path"][0]
     assert not job.steps.filter(step_order=1).exists()
     assert response.context["adminform"].form["config__source_path"].value() == '["in/a.csv", 3]'
+
+
+@pytest.mark.parametrize(("answer", "stored"), [("unknown", None), ("true", True), ("false", False)])
+def test_overwrite_on_the_step_page_may_be_left_unset_for_the_steps_own_rule(as_role, answer, stored) -> None:
+    client = as_role(OPERATOR)
+    job = make_job([("file.copy", {"source_path": "a.csv", "destination_path": "out/"})])
+
+    data = {**copy_step_data(job, 1, "in/a.csv"), "config__overwrite": answer}
+    assert client.post(reverse("admin:jobs_jobstep_add"), data).status_code == 302
+
+    step = job.steps.get(step_order=1)
+    assert step.configuration.get("overwrite") == stored
+    page = client.get(reverse("admin:jobs_jobstep_change", args=[step.pk]))
+    field = page.context["adminform"].form["config__overwrite"]
+    assert f'<option value="{answer}" selected>' in str(field) and "unset (the step&#x27;s default)" in str(field)

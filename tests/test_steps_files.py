@@ -137,3 +137,40 @@ def test_a_copy_in_progress_is_written_under_a_hidden_name_carrying_the_executio
 
     assert seen and all(name.startswith(".big.bin.exec.") and name.endswith(".courier-tmp") for name in seen)
     assert sorted(path.name for path in (context.work_dir / "out").iterdir()) == ["big.bin"]
+
+
+@pytest.mark.parametrize("step", [CopyStep(), MoveStep()], ids=["copy", "move"])
+def test_unset_overwrite_replaces_inside_the_work_dir_and_keeps_a_file_elsewhere(context, step, tmp_path) -> None:
+    (context.work_dir / "out").mkdir()
+    (context.work_dir / "out" / "a.csv").write_text("older")
+    run(step, {"source_path": "in/a.csv", "destination_path": "out/"}, context)
+    assert (context.work_dir / "out" / "a.csv").read_text() == "alpha"
+
+    outbox = tmp_path / "data" / "outbox"
+    outbox.mkdir()
+    (outbox / "b.csv").write_text("not fetched by the partner yet")
+    with pytest.raises(StepFailed, match=r"exists outside the work dir, where an unset overwrite keeps it"):
+        run(step, {"source_path": "in/b.csv", "destination_path": f"{outbox}/"}, context)
+    assert (outbox / "b.csv").read_text() == "not fetched by the partner yet"
+    assert (context.work_dir / "in" / "b.csv").exists()
+
+    run(step, {"source_path": "in/b.csv", "destination_path": f"{outbox}/", "overwrite": True}, context)
+    assert (outbox / "b.csv").read_text() == "bravo"
+
+
+def test_unset_overwrite_outside_the_work_dir_replaces_an_identical_file_from_an_earlier_attempt(
+    context, tmp_path
+) -> None:
+    outbox = tmp_path / "data" / "outbox"
+    outbox.mkdir()
+    config = {"source_path": "in/a.csv", "destination_path": f"{outbox}/"}
+    run(CopyStep(), config, context)  # the attempt whose worker died before its checkpoint
+    (context.work_dir / "in" / "a.csv").write_text("alpha")  # a retried run fetched the same file anew
+
+    result = run(CopyStep(), config, context)
+
+    assert result.outputs["copied_files"] == [str(outbox / "a.csv")]
+    assert (outbox / "a.csv").read_text() == "alpha"
+    (context.work_dir / "in" / "a.csv").write_text("alphb")  # same size, other bytes: a different file
+    with pytest.raises(StepFailed, match="unset overwrite keeps it"):
+        run(CopyStep(), config, context)

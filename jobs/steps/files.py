@@ -81,6 +81,28 @@ def copy_file(source: Path, target: Path, context: StepContext, cancel: CancelTo
     return copied
 
 
+def overwrite_allowed(setting: bool | None, target: Path, context: StepContext) -> bool:
+    """The step's overwrite setting; unset, a target inside the work dir may be replaced and one elsewhere not."""
+    if setting is not None:
+        return bool(setting)
+    return target.resolve().is_relative_to(context.work_dir.resolve())
+
+
+def same_content(source: Path, target: Path, cancel: CancelToken) -> bool:
+    """Whether target holds exactly source's bytes: what an earlier attempt of the run delivered (a copy
+    interrupted before its checkpoint, or a retried run fetching the same file again)."""
+    try:
+        if source.stat().st_size != target.stat().st_size:
+            return False
+        with source.open("rb") as ours, target.open("rb") as theirs:
+            for chunk in iter_chunks(ours, cancel, CHUNK):
+                if theirs.read(len(chunk)) != chunk:
+                    return False
+    except OSError:
+        return False
+    return True
+
+
 def check_overwrite(target: Path, overwrite: bool) -> None:
     if target.exists() and not overwrite:
         raise StepFailed(f"target {target} exists and overwrite is false")
@@ -100,16 +122,30 @@ class _TransferStep(StepType):
             required=True,
             help="Target file, or a directory (ends with / or exists) that receives the files by name.",
         ),
-        ConfigField("overwrite", "boolean", default=True, help="Replace existing targets."),
+        ConfigField(
+            "overwrite",
+            "boolean",
+            help="Replace existing targets. Unset: yes inside the execution's work dir, no elsewhere (an outbox "
+            "keeps a file a partner has not fetched yet).",
+        ),
     )
 
-    def _pairs(self, config: dict[str, Any], context: StepContext) -> list[tuple[Path, Path]]:
+    def _pairs(self, config: dict[str, Any], context: StepContext, cancel: CancelToken) -> list[tuple[Path, Path]]:
         pairs = plan_targets(select_sources(config["source_path"], context), config["destination_path"], context)
         context.progress.bytes_total = sum(source.stat().st_size for source, _ in pairs)
         for source, target in pairs:
             if source == target:
                 raise StepFailed(f"source and destination are the same file: {source}")
-            check_overwrite(target, config.get("overwrite", True))
+            setting = config.get("overwrite")
+            if not target.exists() or overwrite_allowed(setting, target, context):
+                continue
+            if setting is None and not same_content(source, target, cancel):
+                raise StepFailed(
+                    f"target {target} exists outside the work dir, where an unset overwrite keeps it; "
+                    "set overwrite to yes to replace it"
+                )
+            if setting is not None:
+                check_overwrite(target, False)
         return pairs
 
     def cleanup_before_retry(self, config: dict[str, Any], context: StepContext) -> None:
@@ -134,7 +170,7 @@ class CopyStep(_TransferStep):
 
     def execute(self, config: dict[str, Any], context: StepContext, cancel: CancelToken) -> StepResult:
         copied, total = [], 0
-        for source, target in self._pairs(config, context):
+        for source, target in self._pairs(config, context, cancel):
             total += copy_file(source, target, context, cancel)
             copied.append(str(target))
         return StepResult(outputs={"copied_files": copied}, bytes_processed=total, files=copied)
@@ -149,7 +185,7 @@ class MoveStep(_TransferStep):
 
     def execute(self, config: dict[str, Any], context: StepContext, cancel: CancelToken) -> StepResult:
         moved, sources, total = [], [], 0
-        for source, target in self._pairs(config, context):
+        for source, target in self._pairs(config, context, cancel):
             cancel.check()
             size = source.stat().st_size
             try:
