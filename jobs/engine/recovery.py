@@ -197,10 +197,11 @@ class RecoveryLoop(threading.Thread):
         self.join(timeout=5)
 
 
-def cleanup_orphan_work_dirs() -> list[str]:
-    """Remove work directories of executions that are neither active nor resumable, after job.temp_cleanup_days."""
+def cleanup_orphan_work_dirs(*, dry_run: bool = False, older_than_days: int | None = None) -> list[str]:
+    """Remove work directories of executions that are neither active nor resumable, after job.temp_cleanup_days
+    (or older_than_days); with dry_run, only name them."""
 
-    days = setting_int("job.temp_cleanup_days", 7)
+    days = setting_int("job.temp_cleanup_days", 7) if older_than_days is None else older_than_days
     # Active executions, and failed ones that may still be retried from their failed step
     # within the cleanup window, keep their directories (possibly one inherited on resume).
     keep = set()
@@ -210,6 +211,7 @@ def cleanup_orphan_work_dirs() -> list[str]:
         keep.add(workdirs.for_snapshot(pk, snapshot).name)
     removed = []
     for path in workdirs.orphans(keep, days):
-        shutil.rmtree(path, ignore_errors=True)
+        if not dry_run:
+            shutil.rmtree(path, ignore_errors=True)
         removed.append(path.name)
     return removed
