@@ -21,6 +21,8 @@ from jobs.redaction import is_secret_key
 from jobs.scheduling import check as check_schedule
 from jobs.scheduling import refresh as refresh_schedule
 from jobs.secrets import seal_config
+from keystore.portable import portable as portable_keys
+from keystore.portable import resolve as resolve_keys
 from monitors.models import FileMonitor, MonitorJobBinding
 from monitors.services import check_definition as check_monitor_definition
 from tags.models import EntityTag, Tag
@@ -74,9 +76,11 @@ def register_section(name: str, exporter: Exporter, importer: Importer, report_k
     _SECTIONS[name] = (exporter, importer, report_keys)
 
 
-def _portable_configuration(configuration: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
-    """Step configuration without secrets, with connection ids written as "connection:<name>"."""
+def _portable_configuration(type_key: str, configuration: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+    """Step configuration without secrets, with connection ids written as "connection:<name>" and PGP key
+    ids as "pgp_key:<fingerprint>"."""
     portable = {key: value for key, value in (configuration or {}).items() if not is_secret_key(key)}
+    portable = portable_keys(type_key, portable)
     reference = portable.get("connection_id")
     if isinstance(reference, str) and reference in names:
         portable["connection_id"] = CONNECTION_REFERENCE + names[reference]
@@ -123,7 +127,7 @@ def export_jobs(jobs: Any, chains: Any = None, monitors: Any = None) -> dict[str
                         "name": step.name,
                         "type_key": step.type_key,
                         "alias": step.alias,
-                        "configuration": _portable_configuration(step.configuration, names),
+                        "configuration": _portable_configuration(step.type_key, step.configuration, names),
                         "timeout_seconds": step.timeout_seconds,
                     }
                     for step in job.steps.order_by("step_order")
@@ -279,7 +283,7 @@ def _import_connections(document: dict[str, Any], report: dict[str, list[str]]) 
     return {str(name): str(pk) for name, pk in Connection.objects.values_list("name", "pk")}
 
 
-def _resolve_connections(job: dict[str, Any], ids: dict[str, str]) -> None:
+def _resolve_references(job: dict[str, Any], ids: dict[str, str]) -> None:
     for step in job.get("steps") or []:
         configuration = step.get("configuration") or {}
         reference = configuration.get("connection_id")
@@ -288,6 +292,10 @@ def _resolve_connections(job: dict[str, Any], ids: dict[str, str]) -> None:
             if name not in ids:
                 raise ImportRefused(f"job '{job['name']}' step {step.get('step_order')}: no connection named '{name}'")
             configuration["connection_id"] = ids[name]
+        label = f"job '{job['name']}' step {step.get('step_order')}"
+        problems = resolve_keys(str(step.get("type_key")), configuration, label)
+        if problems:
+            raise ImportRefused("; ".join(problems))
 
 
 def _check_job(job: dict[str, Any]) -> None:
@@ -320,7 +328,7 @@ def import_jobs(document: Any, *, by: Any, dry_run: bool = False) -> dict[str, l
         # before anything of the jobs is written (a refusal rolls all of it back).
         ids = _import_connections(document, report)
         for data in jobs:
-            _resolve_connections(data, ids)
+            _resolve_references(data, ids)
             _check_job(data)
         for data in jobs:
             job = Job.objects.filter(name=data["name"]).order_by("created_at").first()

@@ -14,6 +14,7 @@ from typing import Any
 
 from audit.models import AuditLogEntry
 from courier_site.envelope import keyring
+from courier_site.errors import CourierError
 from jobs.errors import StepFailed
 from jobs.paths import resolve_path
 from jobs.steps.base import CancelToken, ConfigField, StepContext, StepResult, StepType, as_list, register
@@ -41,6 +42,29 @@ def _key(key_id: Any, use: str, step_label: str) -> Any:
     if key is None:
         raise StepFailed(f"{step_label}: no PGP key {key_id!r} in the key store")
     return key
+
+
+def key_problems(key_id: Any, field: str, use: str, step_label: str) -> list[str]:
+    """Why a step's key reference cannot serve: no such key, no private half to sign or decrypt with,
+    or a state that forbids the use [E4003]; a context: reference is checked when the step runs."""
+    if not isinstance(key_id, str) or key_id.startswith("context:"):
+        return []
+    try:
+        key = PgpKey.objects.select_related("successor_key").filter(pk=uuid.UUID(key_id)).first()
+    except ValueError:
+        return [f"{step_label}: key '{field}' is not a key store id: {key_id!r}"]
+    if key is None:
+        return [f"{step_label}: key '{field}' names no PGP key in the key store ({key_id}; deleted?)"]
+    if use in ("sign", "decrypt") and not key.private_key_data:
+        return [f"{step_label}: key '{field}': '{key.name}' is a public key and cannot {use}; choose a key pair"]
+    try:
+        if use == "encrypt":
+            lifecycle.encryption_key(key)
+        else:
+            lifecycle.check_use(key, use)
+    except CourierError as error:
+        return [f"{step_label}: key '{field}': {error}"]
+    return []
 
 
 def _material(key: Any) -> dict[str, Any]:
@@ -140,14 +164,29 @@ class EncryptStep(StepType):
     description = "Encrypt files to one or more recipients, optionally signed."
     fields = (
         ConfigField("input_path", "string_or_list", required=True, help="File(s) or glob to encrypt."),
-        ConfigField("recipient_key_ids", "string_or_list", required=True, help="Key store ids of the recipients."),
+        ConfigField(
+            "recipient_key_ids",
+            "string_or_list",
+            required=True,
+            help="Key store ids of the recipients.",
+            references="pgp_key",
+        ),
         ConfigField("output_path", "string", help="Directory (ends with /) or file; default: <input>.pgp beside it."),
         ConfigField("armor", "boolean", default=False, help="ASCII armor (.asc) instead of binary."),
         ConfigField(
             "compress", "boolean", default=False, help="Compress before encrypting (slow; useless on zip/gz files)."
         ),
-        ConfigField("signing_key_id", "string", help="Also sign with this key pair."),
+        ConfigField("signing_key_id", "string", help="Also sign with this key pair.", references="pgp_key"),
     )
+
+    def validate(self, config: dict[str, Any], step_label: str = "step") -> list[str]:
+        problems = super().validate(config, step_label)
+        for key_id in as_list(config.get("recipient_key_ids")):
+            problems += key_problems(key_id, "recipient_key_ids", "encrypt", step_label)
+        if config.get("signing_key_id"):
+            problems += key_problems(config["signing_key_id"], "signing_key_id", "sign", step_label)
+        return problems
+
     outputs = ("encrypted_files", "notes")
 
     def prepare(self, config: dict[str, Any]) -> dict[str, Any]:
@@ -223,13 +262,21 @@ class DecryptStep(StepType):
     description = "Decrypt files; optionally require a valid signature from a known key."
     fields = (
         ConfigField("input_path", "string_or_list", required=True, help="Encrypted file(s) or glob."),
-        ConfigField("private_key_id", "string", help="Key pair to use; empty = any usable key pair."),
+        ConfigField(
+            "private_key_id", "string", help="Key pair to use; empty = any usable key pair.", references="pgp_key"
+        ),
         ConfigField("output_path", "string", help="Directory (ends with /) or file; default: input without .pgp."),
         ConfigField(
             "verify_signature", "boolean", default=False, help="Fail unless a valid known signature is present."
         ),
     )
     outputs = ("decrypted_files", "signature")
+
+    def validate(self, config: dict[str, Any], step_label: str = "step") -> list[str]:
+        problems = super().validate(config, step_label)
+        if config.get("private_key_id"):
+            problems += key_problems(config["private_key_id"], "private_key_id", "decrypt", step_label)
+        return problems
 
     def prepare(self, config: dict[str, Any]) -> dict[str, Any]:
         if config.get("private_key_id"):
@@ -311,7 +358,7 @@ class SignStep(StepType):
     description = "Sign a file: detached signature, inline signed message, or clear-text signature."
     fields = (
         ConfigField("input_path", "string", required=True, help="File to sign."),
-        ConfigField("signing_key_id", "string", required=True, help="Key pair that signs."),
+        ConfigField("signing_key_id", "string", required=True, help="Key pair that signs.", references="pgp_key"),
         ConfigField(
             "mode",
             "string",
@@ -323,6 +370,12 @@ class SignStep(StepType):
         ConfigField("output_path", "string", help="Where to write the signature or signed file."),
     )
     outputs = ("signature_file",)
+
+    def validate(self, config: dict[str, Any], step_label: str = "step") -> list[str]:
+        problems = super().validate(config, step_label)
+        if config.get("signing_key_id"):
+            problems += key_problems(config["signing_key_id"], "signing_key_id", "sign", step_label)
+        return problems
 
     def prepare(self, config: dict[str, Any]) -> dict[str, Any]:
         key = _key(config["signing_key_id"], "sign", "pgp.sign")

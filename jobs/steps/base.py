@@ -37,6 +37,8 @@ class ConfigField:
     help: str = ""
     choices: tuple[Any, ...] = ()
     secret: bool = False
+    # What stored object the value names by id ("pgp_key"): exports write it portably instead.
+    references: str = ""
 
     def check(self, step_label: str, value: Any) -> str | None:
         """An error message for a value of the wrong kind, or None."""
