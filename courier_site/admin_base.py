@@ -15,6 +15,7 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.functional import cached_property
+from django.utils.text import capfirst
 from unfold.admin import ModelAdmin
 
 from audit.models import AuditLogEntry
@@ -55,17 +56,41 @@ class ReadOnlyAdmin(ModelAdmin):
 
 
 class SoftDeleteAdmin(ModelAdmin):
-    """Deleting from the console flags rows deleted (kept for history) instead of removing them."""
+    """Deleting from the console flags rows deleted (kept for history) instead of removing them, and
+    records who deleted what in the audit log (under audit_entity_type, when the admin names one)."""
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return self.model.objects.get_queryset()
 
     def delete_model(self, request: HttpRequest, obj: Any) -> None:
         obj.delete()
+        self.audit_deleted(request, obj)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
+        rows = list(queryset)
         count, _ = queryset.delete()
+        for obj in rows:
+            self.audit_deleted(request, obj)
         messages.info(request, f"Deleted {count} {self.model._meta.verbose_name_plural} (kept in history).")
+
+    def get_deleted_objects(self, objs: Any, request: HttpRequest) -> tuple[list[str], dict[str, int], set, list]:
+        """What the confirmation page lists, and what permissions it needs: a soft delete flags these rows
+        only and removes nothing related, so Django's cascade (steps, versions, history) does not apply."""
+        rows = list(objs)
+        opts = self.model._meta
+        listed = [f"{capfirst(opts.verbose_name)}: {row}" for row in rows]
+        return listed, {opts.verbose_name_plural: len(rows)}, set(), []
+
+    def audit_deleted(self, request: HttpRequest, obj: Any) -> None:
+        entity_type = getattr(self, "audit_entity_type", "")
+        if entity_type:
+            AuditLogEntry.objects.record(
+                entity_type=entity_type,
+                entity_id=obj.pk,
+                operation="deleted",
+                performed_by=request.user,
+                details={"name": getattr(obj, "name", None) or str(obj)},
+            )
 
 
 class RefusalAuditMixin:

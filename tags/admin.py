@@ -40,25 +40,6 @@ class TagAdmin(AuditHistoryMixin, RefusalAuditMixin, SoftDeleteAdmin):
             details={"name": obj.name, "category": obj.category, "color": obj.color, "changed": form.changed_data},
         )
 
-    def delete_model(self, request: HttpRequest, obj: Tag) -> None:
-        super().delete_model(request, obj)
-        self._audit_deleted(request, obj)
-
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
-        tags = list(queryset)
-        super().delete_queryset(request, queryset)
-        for tag in tags:
-            self._audit_deleted(request, tag)
-
-    def _audit_deleted(self, request: HttpRequest, tag: Tag) -> None:
-        AuditLogEntry.objects.record(
-            entity_type="tag",
-            entity_id=tag.pk,
-            operation="deleted",
-            performed_by=request.user,
-            details={"name": tag.name},
-        )
-
 
 @admin.register(EntityTag)
 class EntityTagAdmin(ModelAdmin):

@@ -448,3 +448,22 @@ def test_pause_resume_and_cancel_each_write_their_own_domain_event() -> None:
     )
     operations = AuditLogEntry.objects.filter(entity_type="job_execution", entity_id=execution.pk)
     assert operations.filter(operation="queued", details__from="paused").count() == 1
+
+
+def test_cancel_of_a_paused_execution_is_immediate_and_removes_its_work_dir(
+    django_capture_on_commit_callbacks,
+) -> None:
+    execution = control.enqueue(make_job([("test.write", {"name": "a"})]), triggered_by="manual:tester")
+    assert control.claim(execution.pk, "inline-test")
+    work_dir(execution.pk).mkdir(parents=True)
+    (work_dir(execution.pk) / "half-done.csv").write_text("kept while paused")
+    control.transition(execution.pk, "paused", by="tester")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        control.request_cancel(execution.pk, by="olivia")
+
+    cancelled = JobExecution.objects.get(pk=execution.pk)
+    assert (cancelled.state, cancelled.error_message) == ("cancelled", "cancelled by olivia")
+    assert cancelled.completed_at is not None and cancelled.control_request is None
+    assert not work_dir(execution.pk).exists()
+    assert not control.claim(execution.pk, "inline-test")
