@@ -263,6 +263,32 @@ def decryption_key(result: Any) -> str | None:
     return None
 
 
+# OpenPGP algorithm ids (RFC 4880, 9.2 and 9.4): what FIPS mode accepts in a message it decrypts or verifies.
+FIPS_CIPHERS = frozenset({"7", "8", "9"})
+FIPS_DIGESTS = frozenset({"8", "9", "10", "11"})
+CIPHER_NAMES = {
+    "1": "IDEA", "2": "3DES", "3": "CAST5", "4": "Blowfish", "7": "AES-128", "8": "AES-192", "9": "AES-256",
+    "10": "Twofish", "11": "Camellia-128", "12": "Camellia-192", "13": "Camellia-256",
+}  # fmt: skip
+DIGEST_NAMES = {
+    "1": "MD5", "2": "SHA-1", "3": "RIPEMD-160", "8": "SHA-256", "9": "SHA-384", "10": "SHA-512", "11": "SHA-224",
+}  # fmt: skip
+
+
+def fips_message_problem(result: Any) -> str | None:
+    """What of a decrypted or verified message FIPS mode refuses (its cipher, its signature's digest), from
+    gpg's DECRYPTION_INFO and VALIDSIG status lines; None when both are approved or absent."""
+    for line in (result.stderr or "").splitlines():
+        parts = line.split()
+        # [GNUPG:] DECRYPTION_INFO <mdc method> <cipher> [<aead>]
+        if parts[:2] == ["[GNUPG:]", "DECRYPTION_INFO"] and len(parts) >= 4 and parts[3] not in FIPS_CIPHERS:
+            return f"encrypted with {CIPHER_NAMES.get(parts[3], f'cipher {parts[3]}')}"
+        # [GNUPG:] VALIDSIG <fpr> <date> <timestamp> <expiry> <version> <reserved> <key algo> <digest> …
+        if parts[:2] == ["[GNUPG:]", "VALIDSIG"] and len(parts) >= 10 and parts[9] not in FIPS_DIGESTS:
+            return f"signed with {DIGEST_NAMES.get(parts[9], f'digest {parts[9]}')}"
+    return None
+
+
 def signature_problem(result: Any) -> str:
     """Why gpg did not accept a signature (verify or decrypt result), in words an operator can act on."""
     # After EXPKEYSIG / REVKEYSIG gpg still sends VALIDSIG, which leaves status "signature valid".

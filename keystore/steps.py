@@ -25,6 +25,7 @@ from keystore.pgp import (
     decrypt_file,
     decryption_key,
     encrypt_file,
+    fips_message_problem,
     gnupg_home,
     run_problem,
     sign_file,
@@ -93,6 +94,16 @@ def _check_fips(key: Any) -> None:
         raise StepFailed(
             f"key '{key.name}' ({key.algorithm}) is not allowed in FIPS mode: "
             "use RSA 2048+ or NIST P-256/P-384, or turn security.fips_mode_enabled off"
+        )
+
+
+def _check_message_fips(result: Any, name: str, fips: bool | None) -> None:
+    """In FIPS mode, refuse a message encrypted or signed with an algorithm outside AES and SHA-2."""
+    problem = fips_message_problem(result) if fips else None
+    if problem:
+        raise StepFailed(
+            f"{name} is {problem}, not allowed in FIPS mode: ask the partner for AES and SHA-2, "
+            "or turn security.fips_mode_enabled off"
         )
 
 
@@ -279,22 +290,27 @@ class DecryptStep(StepType):
         return problems
 
     def prepare(self, config: dict[str, Any]) -> dict[str, Any]:
+        fips = _fips()
         if config.get("private_key_id"):
             candidates = [_key(config["private_key_id"], "decrypt", "pgp.decrypt")]
+            _check_fips(candidates[0])
         else:
             candidates = list(PgpKey.objects.filter(key_type="key_pair", status__in=("active", "expiring", "retired")))
+            # FIPS mode leaves key pairs of other algorithms out of "any usable key pair".
+            candidates = [key for key in candidates if not fips or key.algorithm in FIPS_ALGORITHMS]
         pairs = []
         for key in candidates:
             lifecycle.check_use(key, "decrypt")
             if key.private_key_data:
                 pairs.append(_material(key))
         if not pairs:
-            raise StepFailed("pgp.decrypt: no usable key pair in the key store")
+            allowed = " allowed in FIPS mode (RSA 2048+, NIST P-256/P-384)" if fips else ""
+            raise StepFailed(f"pgp.decrypt: no usable key pair{allowed} in the key store")
         verifiers = [
             {"fingerprint": k.fingerprint, "public": k.public_key_data, "status": k.status}
             for k in PgpKey.objects.filter(status__in=("active", "expiring", "retired"))
         ]
-        return {"pairs": pairs, "verifiers": verifiers}
+        return {"pairs": pairs, "verifiers": verifiers, "fips": fips}
 
     def execute(self, config: dict[str, Any], context: StepContext, cancel: CancelToken) -> StepResult:
         sources = select_sources(config["input_path"], context)
@@ -314,6 +330,7 @@ class DecryptStep(StepType):
                 with _published(target) as partial:
                     result = decrypt_file(gpg, source, partial, check=cancel.check, on_progress=context.progress.add)
                     _check_run(result, f"decryption of {source.name}")
+                    _check_message_fips(result, source.name, context.prepared.get("fips"))
                     if config.get("verify_signature") and not result.valid:
                         raise StepFailed(
                             f"{source.name} has no valid signature from a known key ({signature_problem(result)})"
@@ -448,9 +465,11 @@ class VerifyStep(StepType):
                     "status": k.status,
                     "id": str(k.pk),
                     "name": k.name,
+                    "algorithm": k.algorithm,
                 }
                 for k in keys
-            ]
+            ],
+            "fips": _fips(),
         }
 
     def execute(self, config: dict[str, Any], context: StepContext, cancel: CancelToken) -> StepResult:
@@ -478,6 +497,12 @@ class VerifyStep(StepType):
             raise StepFailed(f"signature on {data.name} was made by revoked key '{signer['name']}'")
         if result.key_status:
             raise StepFailed(f"signature on {data.name} was made by an expired or revoked key ({result.key_status})")
+        if context.prepared.get("fips") and signer.get("algorithm") not in FIPS_ALGORITHMS:
+            raise StepFailed(
+                f"signature on {data.name} was made by key '{signer['name']}' ({signer.get('algorithm')}), "
+                "not allowed in FIPS mode: RSA 2048+ or NIST P-256/P-384 only, or turn security.fips_mode_enabled off"
+            )
+        _check_message_fips(result, data.name, context.prepared.get("fips"))
         expected = config.get("expected_signer")
         if expected and expected not in (signer["id"], signer["fingerprint"]):
             raise StepFailed(f"signature on {data.name} is from '{signer['name']}', not the expected signer")
