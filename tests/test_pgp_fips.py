@@ -12,17 +12,11 @@ import pytest
 from keystore.pgp import fips_message_problem
 from keystore.services import export_private_pgp_key, generate_pgp_key
 from system.models import SystemSetting
+from tests import test_pgp_steps
 from tests.engine_support import make_job, run_inline
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def data_dir(settings, tmp_path):
-    settings.COURIER_DATA_DIR = tmp_path / "data"
-    settings.COURIER_ALLOWED_ROOTS = [settings.COURIER_DATA_DIR]
-    (tmp_path / "data").mkdir()
-    return settings.COURIER_DATA_DIR
+data_dir = test_pgp_steps.data_dir  # the same data folder fixture (autouse)
 
 
 def fips(enabled: bool) -> None:
