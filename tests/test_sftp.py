@@ -2,20 +2,37 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+import pwd
 import uuid
 from pathlib import Path
 
 import pytest
+from django.contrib.auth.models import Group
+from django.core.management import call_command
+from django.urls import reverse
 
 from audit.models import AuditLogEntry
 from connections import hostkeys
-from connections.errors import AuthenticationFailed, ConnectionPolicyRefused, HostKeyRejected, HostUnreachable
+from connections.errors import (
+    AuthenticationFailed,
+    ConnectionFailed,
+    ConnectionPolicyRefused,
+    HostKeyRejected,
+    HostUnreachable,
+)
 from connections.models import Connection, KnownHost
+from connections.steps import _Download
 from connections.transfer.sessions import open_session
+from jobs.steps.base import CancelToken
 from keystore.models import SshKey
+from system.models import SystemSetting
 from tests.engine_support import make_job, run_inline, step_rows
-from tests.servers import SFTP_USER, free_port, sftp_connection, sftp_folder, ssh_server
+from tests.servers import SFTP_USER, DroppingProxy, free_port, sftp_connection, sftp_folder, ssh_server
+from tests.step_support import make_context
 
 pytestmark = pytest.mark.django_db
 
@@ -161,27 +178,30 @@ def test_upload_and_download_steps_round_trip_atomically(sshd, data_dir: Path) -
         assert details["bytes"] == 15000 and details["duration_ms"] > 0, details
 
 
-def test_download_resumes_from_a_partial_file(sshd) -> None:
-    from connections.steps import _Download
-    from jobs.steps.base import CancelToken
-    from tests.step_support import make_context
+PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
 
+
+@pytest.mark.parametrize(
+    ("left_behind", "travelled"),
+    [
+        (PAYLOAD[:300_000], len(PAYLOAD) - 300_000),  # a previous try stopped here: only the rest travels
+        (b"x" * (len(PAYLOAD) + 5000), len(PAYLOAD)),  # longer than the file now is: it changed, start again
+    ],
+    ids=["shorter", "longer-than-the-source"],
+)
+def test_download_resumes_from_a_partial_file(sshd, tmp_path: Path, left_behind: bytes, travelled: int) -> None:
     connection = sftp_connection(sshd)
     remote_dir = sshd.home / f"resume-{uuid.uuid4().hex[:6]}"
     remote_dir.mkdir()
-    payload = bytes(range(256)) * 4096  # 1 MiB
-    (remote_dir / "big.bin").write_bytes(payload)
-    import os
-    import pwd
-
+    (remote_dir / "big.bin").write_bytes(PAYLOAD)
     account = pwd.getpwnam(SFTP_USER)
     os.chown(remote_dir, account.pw_uid, account.pw_gid)
     session = open_session(connection)
-    context = make_context(Path(str(pytest.importorskip("tempfile").mkdtemp())))
+    context = make_context(tmp_path / "resume")
     try:
         partial = context.work_dir / "downloads" / "big.bin.courier-part"
         partial.parent.mkdir(parents=True)
-        partial.write_bytes(payload[:300_000])  # a previous try stopped here
+        partial.write_bytes(left_behind)
 
         class Pool:
             def get(self, _id):
@@ -194,13 +214,13 @@ def test_download_resumes_from_a_partial_file(sshd) -> None:
         result = step.execute(config, context, CancelToken())
     finally:
         session.close()
-    assert (context.work_dir / "downloads" / "big.bin").read_bytes() == payload
-    assert result.bytes_processed == len(payload)
-    assert context.progress.bytes_done == len(payload) - 300_000  # only the missing part travelled
+    assert (context.work_dir / "downloads" / "big.bin").read_bytes() == PAYLOAD
+    assert not partial.exists()
+    assert result.bytes_processed == len(PAYLOAD)
+    assert context.progress.bytes_done == travelled
 
 
 def test_fips_mode_refuses_an_ed25519_host_key_unless_overridden(tmp_path: Path) -> None:
-    from connections.errors import ConnectionFailed
 
     with ssh_server(tmp_path / "ed", host_key_type="ed25519") as server:
         connection = sftp_connection(server)
@@ -221,9 +241,6 @@ def test_ssh_algorithms_restrict_the_ciphers(sshd) -> None:
 
 
 def test_test_connection_command_reports_fingerprint_and_latency(sshd, capsys: pytest.CaptureFixture[str]) -> None:
-    import json
-
-    from django.core.management import call_command
 
     connection = sftp_connection(sshd)
     call_command("test_connection", connection.name, "--json")
@@ -234,8 +251,6 @@ def test_test_connection_command_reports_fingerprint_and_latency(sshd, capsys: p
 
 
 def test_admin_approves_a_changed_key_in_the_console(sshd, tmp_path: Path, client, django_user_model) -> None:
-    from django.contrib.auth.models import Group
-    from django.urls import reverse
 
     connection = sftp_connection(sshd)
     open_session(connection).close()
@@ -261,10 +276,6 @@ def test_admin_approves_a_changed_key_in_the_console(sshd, tmp_path: Path, clien
 
 
 def test_a_dropped_session_reconnects_and_the_download_resumes(sshd) -> None:
-    import os
-    import pwd
-
-    from tests.servers import DroppingProxy
 
     remote_dir = sshd.home / f"drop-{uuid.uuid4().hex[:6]}"
     remote_dir.mkdir()
@@ -317,8 +328,6 @@ def test_password_and_key_together_when_the_server_demands_both(tmp_path: Path) 
 
 
 def test_skip_existing_leaves_identical_local_files_alone(sshd) -> None:
-    import os
-    import pwd
 
     remote_dir = sshd.home / f"skip-{uuid.uuid4().hex[:6]}"
     remote_dir.mkdir()
@@ -349,7 +358,6 @@ def test_skip_existing_leaves_identical_local_files_alone(sshd) -> None:
 
 
 def test_upload_can_verify_the_sha256_by_reading_back(sshd) -> None:
-    import hashlib
 
     connection = sftp_connection(sshd)
     folder = f"verify-{uuid.uuid4().hex[:6]}"
@@ -445,7 +453,6 @@ def test_always_trust_is_refused_at_connect_time_in_production(sshd, settings) -
 
 
 def test_always_trust_connects_in_production_when_the_system_setting_allows_it(sshd, settings) -> None:
-    from system.models import SystemSetting
 
     settings.IS_PRODUCTION = True
     SystemSetting.objects.filter(key="security.insecure_trust_allow_production").update(value="true")
