@@ -189,6 +189,7 @@ class EncryptStep(StepType):
         ),
         ConfigField("signing_key_id", "string", help="Also sign with this key pair.", references="pgp_key"),
     )
+    outputs = ("encrypted_files", "notes")
 
     def validate(self, config: dict[str, Any], step_label: str = "step") -> list[str]:
         problems = super().validate(config, step_label)
@@ -197,8 +198,6 @@ class EncryptStep(StepType):
         if config.get("signing_key_id"):
             problems += key_problems(config["signing_key_id"], "signing_key_id", "sign", step_label)
         return problems
-
-    outputs = ("encrypted_files", "notes")
 
     def prepare(self, config: dict[str, Any]) -> dict[str, Any]:
         recipients, notes = [], []

@@ -139,13 +139,12 @@ class _TransferStep(StepType):
             setting = config.get("overwrite")
             if not target.exists() or overwrite_allowed(setting, target, context):
                 continue
-            if setting is None and not same_content(source, target, cancel):
+            check_overwrite(target, setting is None)  # overwrite set to no
+            if not same_content(source, target, cancel):
                 raise StepFailed(
                     f"target {target} exists outside the work dir, where an unset overwrite keeps it; "
                     "set overwrite to yes to replace it"
                 )
-            if setting is not None:
-                check_overwrite(target, False)
         return pairs
 
     def cleanup_before_retry(self, config: dict[str, Any], context: StepContext) -> None:
