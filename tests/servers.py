@@ -213,8 +213,11 @@ def self_signed_certificate(folder: Path) -> tuple[Path, bytes]:
 
 
 @contextmanager
-def ftp_server(root: Path, tls: str | None = None, max_tls: str | None = None) -> Iterator[FtpServer]:
-    """pyftpdlib on a free port: plain FTP, explicit TLS ("explicit") or implicit TLS ("implicit")."""
+def ftp_server(
+    root: Path, tls: str | None = None, max_tls: str | None = None, tls13_suites: str | None = None
+) -> Iterator[FtpServer]:
+    """pyftpdlib on a free port: plain FTP, explicit TLS ("explicit") or implicit TLS ("implicit");
+    tls13_suites narrows the TLS 1.3 cipher suites the server accepts (OpenSSL names, colon-separated)."""
     from pyftpdlib.authorizers import DummyAuthorizer
     from pyftpdlib.handlers import FTPHandler, TLS_FTPHandler
     from pyftpdlib.ioloop import IOLoop
@@ -236,6 +239,14 @@ def ftp_server(root: Path, tls: str | None = None, max_tls: str | None = None) -
             from OpenSSL import SSL
 
             Handler.ssl_options = TLS_FTPHandler.ssl_options | SSL.OP_NO_TLSv1_3
+        if tls13_suites:
+            from OpenSSL import SSL
+
+            context = SSL.Context(SSL.TLS_SERVER_METHOD)
+            context.use_certificate_chain_file(str(pem))
+            context.use_privatekey_file(str(pem))
+            context.set_tls13_ciphersuites(tls13_suites.encode())
+            Handler.ssl_context = context
         Handler.tls_control_required = True
         Handler.tls_data_required = True
         if tls == "implicit":

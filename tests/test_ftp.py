@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from audit.models import AuditLogEntry
-from connections.errors import AuthenticationFailed, ConnectionFailed, HostKeyRejected
+from connections.errors import AuthenticationFailed, ConnectionFailed, ConnectionPolicyRefused, HostKeyRejected
 from connections.models import Connection
 from connections.transfer.sessions import open_session
 from tests.engine_support import make_job, run_inline, step_rows
@@ -306,3 +306,18 @@ def test_testing_an_insecure_ftps_connection_is_audited_as_an_insecure_policy_us
     call_command("test_connection", connection.name, "--json")
     used = AuditLogEntry.objects.get(entity_id=connection.pk, operation="insecure_tls_used")
     assert used.details["thumbprint"] == pinned(explicit)
+
+
+def test_fips_mode_refuses_a_tls13_suite_other_than_aes_and_the_override_lifts_it(tmp_path: Path) -> None:
+    with ftp_server(tmp_path / "chacha", tls="explicit", tls13_suites="TLS_CHACHA20_POLY1305_SHA256") as server:
+        pin = {"tls_cert_policy": "pinned_thumbprint", "tls_pinned_thumbprint": pinned(server)}
+        strict = ftp_connection(server, "ftps", **pin)
+        with pytest.raises(ConnectionPolicyRefused, match=r"\[E3004\].*TLS_CHACHA20_POLY1305_SHA256.*FIPS mode"):
+            open_session(strict)
+
+        lifted = ftp_connection(server, "ftps", fips_override=True, **pin)
+        session = open_session(lifted)
+        try:
+            assert session.info.details["cipher"] == "TLS_CHACHA20_POLY1305_SHA256"
+        finally:
+            session.close()

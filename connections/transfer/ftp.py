@@ -12,7 +12,16 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from connections.errors import AuthenticationFailed, ConnectionFailed, HostKeyRejected, HostUnreachable, RemoteFileError
+from cryptography import x509
+
+from connections.errors import (
+    AuthenticationFailed,
+    ConnectionFailed,
+    ConnectionPolicyRefused,
+    HostKeyRejected,
+    HostUnreachable,
+    RemoteFileError,
+)
 from connections.policy import refuse_insecure_trust_in_production
 from connections.transfer.base import CHUNK, RemoteFile, SessionInfo, SetupDeadline, WriteBehind, join
 
@@ -93,8 +102,6 @@ def certificate_details(sock: ssl.SSLSocket) -> dict[str, Any]:
         "cipher": (sock.cipher() or ("",))[0],
     }
     try:
-        from cryptography import x509
-
         certificate = x509.load_der_x509_certificate(binary)
         details.update(
             {
@@ -161,6 +168,7 @@ class FtpSession:
                     client.auth()
                 details = certificate_details(client.sock)
                 self._check_certificate(details)
+                self._check_fips_cipher(details)
             client.login(connection.username, self.password or "")
             if secure:
                 client.prot_p()
@@ -175,7 +183,7 @@ class FtpSession:
         except ssl.SSLError as error:
             client.close()
             raise ConnectionFailed(f"TLS with {connection.host}:{connection.port} failed: {error}") from None
-        except HostKeyRejected:
+        except (HostKeyRejected, ConnectionPolicyRefused):
             client.close()
             raise
         except (OSError, EOFError) as error:  # timeouts, or closed by the deadline
@@ -200,6 +208,17 @@ class FtpSession:
             f"{connection.host}:{connection.port} did not complete {phase} within {connection.connect_timeout_sec} s "
             "(connect timeout): the server accepted the connection but stopped answering"
         )
+
+    def _check_fips_cipher(self, details: dict[str, Any]) -> None:
+        """FIPS mode: the suite negotiated must be an AES one. TLS 1.2 offers no other (tls_context), but
+        TLS 1.3 suites cannot be narrowed from Python, so a server preferring ChaCha20 is refused here."""
+        connection = self.connection
+        if self.fips and not connection.fips_override and "AES" not in details.get("cipher", ""):
+            raise ConnectionPolicyRefused(
+                f"{connection.host}:{connection.port} negotiated TLS cipher suite {details.get('cipher')!r}, "
+                "not allowed in FIPS mode (AES suites only): ask the partner to offer AES-GCM, or set "
+                "fips_override on the connection (Admin only)"
+            )
 
     def _check_certificate(self, details: dict[str, Any]) -> None:
         connection = self.connection
