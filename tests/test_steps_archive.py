@@ -12,6 +12,7 @@ from jobs.steps import archive_guard
 from jobs.steps.archive import UnzipStep, ZipStep
 from tests import archive_factory
 from tests.step_support import make_context
+from tests.test_pgp_steps import cancel_once_streaming, sparse_file
 
 
 @pytest.fixture
@@ -200,3 +201,23 @@ def test_corrupt_archive_fails_with_e7001(context) -> None:
     broken.write_bytes(b"PK\x03\x04" + os.urandom(200))
     with pytest.raises(ArchiveError, match=r"\[E7001\]"):
         extract(context, archive_path=str(broken), output_directory="out")
+
+
+@pytest.mark.parametrize("password", [None, "s3cret!"], ids=["7z", "7z-encrypted"])
+def test_cancel_while_one_large_file_goes_into_a_7z_stops_within_a_second(
+    context, tmp_path: Path, password: str | None
+) -> None:
+    size = 1024 * 1024 * 1024
+    sparse_file(context.work_dir / "src" / "large.bin", size)
+    step = ZipStep()
+    config = step.with_defaults(
+        {"source_path": "src/large.bin", "output_path": "out/large.7z", "format": "7z", "password": password}
+    )
+
+    seconds_to_stop, _ = cancel_once_streaming(step, config, context, context.work_dir / "out" / "large.7z")
+
+    assert seconds_to_stop < 1.0
+    assert 32 * 1024 * 1024 <= context.progress.bytes_done < size // 2  # progress moved within the file
+    out = context.work_dir / "out"
+    assert not out.exists() or list(out.iterdir()) == []  # no archive, no half-built file
+    assert sorted(path.name for path in context.work_dir.iterdir()) == ["src"]

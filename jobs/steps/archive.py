@@ -96,6 +96,30 @@ class _ProgressReader:
     def close(self) -> None:
         self.handle.close()
 
+    def __enter__(self) -> _ProgressReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _WatchedPath(type(Path())):  # type: ignore[misc]
+    """A source path whose open() hands py7zr a _ProgressReader: py7zr reads each file through
+    origin.open("rb") block by block, so cancel and progress work within one large file too."""
+
+    watch: tuple[StepContext, CancelToken] | None = None
+
+    def open(self, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        if mode == "rb" and self.watch is not None:
+            return _ProgressReader(Path(self), *self.watch)
+        return super().open(mode, *args, **kwargs)
+
+
+def _watched(path: Path, context: StepContext, cancel: CancelToken) -> _WatchedPath:
+    watched = _WatchedPath(path)
+    watched.watch = (context, cancel)
+    return watched
+
 
 @register
 class ZipStep(StepType):
@@ -191,9 +215,8 @@ class ZipStep(StepType):
         password = config.get("password") or None
         with py7zr.SevenZipFile(built, "w", password=password, header_encryption=bool(password)) as archive:
             for path, name in entries:
-                cancel.check()  # py7zr compresses a file in one call; cancel is honoured between files
-                archive.write(path, arcname=name)
-                context.progress.add(path.stat().st_size)
+                cancel.check()
+                archive.write(_watched(path, context, cancel), arcname=name)
 
     @staticmethod
     def _split(built: Path, target: Path, max_mb: int | None) -> list[str]:
