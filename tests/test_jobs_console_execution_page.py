@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -188,3 +189,35 @@ def test_the_execution_list_draws_states_as_badges(as_role) -> None:
     page = client.get(reverse("admin:jobs_jobexecution_changelist")).content.decode()
 
     assert 'class="courier-state" data-state="failed"' in page
+
+
+def test_steps_not_reached_yet_are_listed_pending_and_after_the_end_as_not_run(as_role) -> None:
+    client = as_role(VIEWER)
+    job = make_job(
+        [("test.write", {"name": "a"}), ("test.write", {"name": "b"}), ("test.write", {"name": "c"})],
+        name="Three steps",
+    )
+    job.steps.filter(step_order=2).update(name="Renamed after the run started")  # the run shows its pinned version
+    execution = control.enqueue(job, triggered_by="manual:tester")
+    assert control.claim(execution.pk, "worker-7@host")
+    add_step(JobExecution.objects.get(pk=execution.pk), 0, "completed")
+    url = reverse("admin:jobs_jobexecution_timeline", args=[execution.pk])
+
+    running = client.get(url).content.decode()
+    assert running.count('data-step-state="pending"') == 2 and 'data-step-state="completed"' in running
+    assert "No step has run yet" not in running
+
+    control.transition(execution.pk, "failed", error_message="[E3003] partner unreachable")
+    ended = client.get(url).content.decode()
+    assert ended.count('data-step-state="not run"') == 2 and re.search(r">\s*not run\s*<", ended)
+    assert "test.write #2" in ended and "Renamed after the run started" not in ended
+    assert 'data-step-state="pending"' not in ended
+
+
+def test_a_run_not_started_shows_its_steps_pending(as_role) -> None:
+    client = as_role(VIEWER)
+    execution = control.enqueue(make_job([("test.write", {"name": "a"})]), triggered_by="manual:tester")
+
+    fragment = client.get(reverse("admin:jobs_jobexecution_timeline", args=[execution.pk])).content.decode()
+
+    assert fragment.count('data-step-state="pending"') == 1 and "No step has run yet" not in fragment

@@ -22,7 +22,7 @@ from courier_site.admin_base import AuditHistoryMixin, ReadOnlyAdmin
 from courier_site.badges import state_badge
 from courier_site.errors import CourierError
 from jobs.engine import control
-from jobs.models import JobExecution, StepExecution
+from jobs.models import JobExecution, JobVersion, StepExecution
 from jobs.redaction import redact
 
 
@@ -64,6 +64,7 @@ class CreatedWithinFilter(admin.SimpleListFilter):
 
 ERROR_CODE = re.compile(r"\[(E\d{4})\]")
 LIVE_STATES = ("queued", "running")
+ACTIVE_STATES = ("queued", "running", "paused")
 
 
 def error_code(message: str | None) -> str:
@@ -92,6 +93,25 @@ def value_rows(values: dict[str, Any]) -> list[tuple[str, str]]:
 def context_rows(execution: JobExecution) -> list[tuple[str, str]]:
     """The run's context values as rows (see value_rows)."""
     return value_rows((execution.context_snapshot or {}).get("values") or {})
+
+
+def unreached_steps(execution: JobExecution, rows: list[StepExecution]) -> list[dict[str, Any]]:
+    """Steps of the run's pinned definition that have no row yet, in order: still to come while the run
+    goes on (pending), never reached once it has ended. Flow steps (flow.*) steer and get no rows."""
+    snapshot = (
+        JobVersion.objects.filter(job_id=execution.job_id, version_number=execution.job_version_number)
+        .values_list("config_snapshot", flat=True)
+        .first()
+    )
+    ran = {row.step_order for row in rows}
+    label = "pending" if execution.state in ACTIVE_STATES else "not run"
+    defined = sorted((snapshot or {}).get("steps") or [], key=lambda step: step.get("step_order") or 0)
+    return [
+        {"step_order": step.get("step_order"), "name": step.get("name") or "", "type_key": step.get("type_key")}
+        | {"label": label}
+        for step in defined
+        if step.get("step_order") not in ran and not str(step.get("type_key", "")).startswith("flow.")
+    ]
 
 
 def step_progress(step: StepExecution) -> dict[str, Any] | None:
@@ -204,6 +224,7 @@ class JobExecutionAdmin(AuditHistoryMixin, ReadOnlyAdmin):
         return {
             "execution": execution,
             "steps": steps,
+            "unreached": unreached_steps(execution, steps),
             "live": execution.state in LIVE_STATES,
             "verbs": self.available_verbs(execution),
             "elapsed_seconds": elapsed_seconds(execution),
