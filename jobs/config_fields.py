@@ -85,9 +85,12 @@ _NOT_JSON = object()
 
 def _as_lines(value: Any) -> str | None:
     """value as one path per line, or None when the lines would not read back as the same paths."""
+    # A list of one would read back as a plain string: shown as JSON, it saves back unchanged.
+    if isinstance(value, list) and len(value) < 2:
+        return None
     items = value if isinstance(value, list) else [value]
     plain = all(isinstance(item, str) and item and item == item.strip() and "\n" not in item for item in items)
-    if not items or not plain or items[0].startswith(("[", '"')):
+    if not plain or items[0].startswith(("[", '"')):
         return None
     return "\n".join(items)
 

@@ -69,6 +69,7 @@ def test_a_nul_character_is_refused() -> None:
     [
         ("string_or_list", "out/*.csv"),
         ("string_or_list", ["in/a.csv", "in/b.csv"]),
+        ("string_or_list", ["in/only.csv"]),
         ("string_or_list", "context:1.downloaded_files"),
         ("string_or_list", "[2026] report.csv"),
         ("string_or_list", ["in/a.csv", " padded.csv"]),
