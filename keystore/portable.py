@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from jobs.steps.base import get_step_type, registered_types
+from jobs.steps.base import as_list, get_step_type, registered_types
 from keystore.models import PgpKey
 
 KEY_REFERENCE = "pgp_key:"
@@ -19,10 +19,6 @@ def key_fields(type_key: str) -> list[str]:
     return [field.name for field in get_step_type(type_key).fields if field.references == "pgp_key"]
 
 
-def _items(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else [value]
-
-
 def _each(value: Any, change: Any) -> Any:
     return [change(item) for item in value] if isinstance(value, list) else change(value)
 
@@ -32,7 +28,7 @@ def portable(type_key: str, configuration: dict[str, Any]) -> dict[str, Any]:
     fields = [name for name in key_fields(type_key) if configuration.get(name)]
     if not fields:
         return configuration
-    ids = {str(item) for name in fields for item in _items(configuration[name]) if _is_uuid(item)}
+    ids = {str(item) for name in fields for item in as_list(configuration[name]) if _is_uuid(item)}
     known = {str(pk): fp for pk, fp in PgpKey.all_objects.filter(pk__in=ids).values_list("pk", "fingerprint")}
     result = dict(configuration)
 
