@@ -21,6 +21,10 @@ class ContextReferenceError(CourierError):
     code = "E2003"
 
 
+class MissingContextValue(ContextReferenceError):
+    """A well-formed `context:` reference whose key or element the context does not hold (yet)."""
+
+
 class InvalidFailurePolicy(CourierError):
     code = "E2004"
 

@@ -189,6 +189,49 @@ def test_nested_loops_and_if_see_inner_and_outer_values() -> None:
     ]
 
 
+def test_exists_is_false_for_a_key_the_context_does_not_hold() -> None:
+    # A monitor.* key on a manual run, and the output of a step in a branch that did not run.
+    job = make_job(
+        [
+            ("flow.if", {"left": "a", "operator": "equals", "right": "b"}),
+            ("test.write", {"name": "never.txt"}),
+            ("flow.end", {}),
+            ("flow.if", {"left": "context:monitor.triggered_files", "operator": "exists"}),
+            ("test.write", {"name": "monitor.txt", "text": "monitor"}),
+            ("flow.else", {}),
+            ("test.write", {"name": "manual.txt", "text": "manual"}),
+            ("flow.end", {}),
+            ("flow.if", {"left": "context:skipped.path", "operator": "exists"}),
+            ("test.write", {"name": "ran.txt", "text": "ran"}),
+            ("flow.else", {}),
+            ("test.write", {"name": "not-ran.txt", "text": "not ran"}),
+            ("flow.end", {}),
+            ("flow.if", {"left": "context:manual.path", "operator": "exists"}),
+            ("test.write", {"name": "seen.txt", "text": "seen"}),
+            ("flow.end", {}),
+        ],
+        aliases={1: "skipped", 6: "manual"},
+    )
+    execution = run_inline(job)
+
+    assert execution.state == "completed", execution.error_message
+    assert [row.output_data["text"] for row in step_rows(execution)] == ["manual", "not ran", "seen"]
+
+
+def test_a_missing_key_still_fails_a_comparison_with_its_name() -> None:
+    job = make_job(
+        [
+            ("flow.if", {"left": "context:monitor.name", "operator": "equals", "right": "inbox"}),
+            ("test.write", {"name": "x.txt"}),
+            ("flow.end", {}),
+        ]
+    )
+    execution = run_inline(job)
+
+    assert execution.state == "failed"
+    assert "[E2003]" in execution.error_message and "context:monitor.name" in execution.error_message
+
+
 def test_empty_list_skips_the_loop_body() -> None:
     job = make_job([("flow.foreach", {"source": []}), ("test.write", {"name": "x"}), ("flow.end", {})])
     execution = run_inline(job)

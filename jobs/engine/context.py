@@ -6,7 +6,7 @@ import re
 from datetime import datetime
 from typing import Any
 
-from jobs.errors import ContextReferenceError
+from jobs.errors import ContextReferenceError, MissingContextValue
 
 PREFIX = "context:"
 _TOKEN = re.compile(r"\.?([^.\[\]]+)|\[(-?\d+)\]")
@@ -36,7 +36,7 @@ def lookup(values: dict[str, Any], expression: str) -> Any:
         (key for key in values if expression == key or expression.startswith((key + ".", key + "["))), key=len
     )
     if not candidates:
-        raise ContextReferenceError(f"context reference '{PREFIX}{expression}' names no key in the execution context")
+        raise MissingContextValue(f"context reference '{PREFIX}{expression}' names no key in the execution context")
     key = candidates[-1]
     value = values[key]
     rest = expression[len(key) :]
@@ -44,7 +44,7 @@ def lookup(values: dict[str, Any], expression: str) -> Any:
         try:
             value = value[part] if not isinstance(value, dict) or isinstance(part, str) else value[str(part)]
         except (KeyError, IndexError, TypeError):
-            raise ContextReferenceError(
+            raise MissingContextValue(
                 f"context reference '{PREFIX}{expression}': '{key}' has no element {part!r}"
             ) from None
     return value

@@ -27,7 +27,7 @@ from jobs.engine import context as context_refs
 from jobs.engine import control, workdirs
 from jobs.engine.flow import Node, parse
 from jobs.engine.states import STEP_EVENTS
-from jobs.errors import Cancelled, ResumeCheckFailed, StepConfigurationError, StepTimedOut
+from jobs.errors import Cancelled, MissingContextValue, ResumeCheckFailed, StepConfigurationError, StepTimedOut
 from jobs.models import JobExecution, JobVersion, StepExecution
 from jobs.policy import FailurePolicy
 from jobs.secrets import unseal_config
@@ -136,6 +136,17 @@ class ExecutionRunner:
     def _resolve(self, value: Any) -> Any:
         return context_refs.resolve(value, self.values, now=datetime.now(UTC), execution_id=str(self.execution.pk))
 
+    def _resolve_if_present(self, value: Any) -> Any:
+        """value resolved, or None where it refers to a key or element the context does not hold.
+
+        What `exists` asks: an output of a step in a branch that did not run, or a monitor.* key on
+        a manual run, is an answer (false), not a failure. A malformed reference still fails.
+        """
+        try:
+            return self._resolve(value)
+        except MissingContextValue:
+            return None
+
     def _set_loop_values(self) -> None:
         for key in [key for key in self.values if key.startswith("loop.")]:
             del self.values[key]
@@ -189,8 +200,12 @@ class ExecutionRunner:
 
     def _run_if(self, node: Node, prefix: str) -> None:
         config = node.step["configuration"]
+        operator = config["operator"]
         try:
-            holds = evaluate(self._resolve(config.get("left")), config["operator"], self._resolve(config.get("right")))
+            if operator == "exists":
+                holds = evaluate(self._resolve_if_present(config.get("left")), operator, None)
+            else:
+                holds = evaluate(self._resolve(config.get("left")), operator, self._resolve(config.get("right")))
         except CourierError as error:
             raise ExecutionStopped("failed", f"step {node.order} (flow.if): {error}") from error
         branch = node.body if holds else (node.else_body or [])
