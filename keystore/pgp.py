@@ -355,6 +355,19 @@ def sign_file(
     return run_on_file(gpg, args, source, output, gnupg.Sign(gpg), check=check, on_progress=on_progress)
 
 
+def verify_file(
+    gpg: gnupg.GPG,
+    data: Path,
+    signature: Path | None,
+    *,
+    check: Callable[[], None],
+    on_progress: Callable[[int], None],
+) -> gnupg.Verify:
+    """Check the signature of data: inline or clear-signed, or the detached signature file (see run_on_file)."""
+    files = [signature, data] if signature is not None else [data]
+    return _supervised(gpg, ["--verify"], files, data.stat().st_size, gnupg.Verify(gpg), check, on_progress)
+
+
 def run_on_file(
     gpg: gnupg.GPG,
     args: list[str],
@@ -373,12 +386,26 @@ def run_on_file(
     raises kills gpg and propagates. output must not exist yet; removing it after a failed or
     stopped run is the caller's business.
     """
+    # No --yes: gpg refuses to write over an existing output.
+    args = [*args, "--output", str(output)]
+    return _supervised(gpg, args, [source], source.stat().st_size, result, check, on_progress)
+
+
+def _supervised(
+    gpg: gnupg.GPG,
+    args: list[str],
+    files: list[Path],
+    size: int,
+    result: Any,
+    check: Callable[[], None],
+    on_progress: Callable[[int], None],
+) -> Any:
+    """Run gpg with args on files while watching it: progress out of size bytes, check() between polls."""
     check()
-    size = source.stat().st_size
     # The source goes by name, as on the command line: gpg then knows its length and writes packets
     # of that length, which decrypt faster than the chunked ones it writes for data of unknown length
-    # (stdin). No --yes: gpg refuses to write over an existing output.
-    command = gpg.make_args([*args, "--output", str(output), "--", str(source)], passphrase=False)
+    # (stdin).
+    command = gpg.make_args([*args, "--", *(str(path) for path in files)], passphrase=False)
     with tempfile.TemporaryFile() as messages:
         # The status lines go to a file, not a pipe that would need draining while gpg runs.
         # python-gnupg's command line for its gpg binary, no shell, no passphrase on it.

@@ -31,6 +31,7 @@ from keystore.pgp import (
     sign_file,
     signature_problem,
     unlock,
+    verify_file,
 )
 from system.values import setting_bool
 
@@ -474,16 +475,14 @@ class VerifyStep(StepType):
     def execute(self, config: dict[str, Any], context: StepContext, cancel: CancelToken) -> StepResult:
         data = resolve_path(config["input_path"], context.work_dir, context.allowed_roots)
         known = {key["fingerprint"]: key for key in context.prepared["keys"]}
+        signature = None
+        if config.get("signature_path"):
+            signature = resolve_path(config["signature_path"], context.work_dir, context.allowed_roots)
+        context.progress.bytes_total = data.stat().st_size
         with gnupg_home() as gpg:
             for key in known.values():
                 gpg.import_keys(key["public"])
-            if config.get("signature_path"):
-                signature = resolve_path(config["signature_path"], context.work_dir, context.allowed_roots)
-                result = gpg.verify_file(str(signature), data_filename=str(data))
-            else:
-                with data.open("rb") as handle:
-                    result = gpg.verify_file(handle)
-        cancel.check()
+            result = verify_file(gpg, data, signature, check=cancel.check, on_progress=context.progress.add)
         fingerprint = result.pubkey_fingerprint or result.fingerprint
         if not result.valid:
             raise StepFailed(f"signature on {data.name} is not valid: {signature_problem(result)}")

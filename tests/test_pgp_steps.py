@@ -419,6 +419,25 @@ def test_cancel_during_a_large_decrypt_stops_within_a_second_and_leaves_no_outpu
     assert files_in(data_dir) == ["large.bin.pgp"]
 
 
+def test_cancel_during_a_large_verify_stops_within_a_second(data_dir: Path, tmp_path: Path) -> None:
+    signer = generate_pgp_key("bulk-signer", "ecc_p256", by="admin")
+    size = 1024 * 1024 * 1024
+    source = sparse_file(data_dir / "large.bin", size)
+    signed = run_inline(make_job([("pgp.sign", {"input_path": str(source), "signing_key_id": str(signer.pk)})]))
+    assert signed.state == "completed", signed.error_message
+    step = get_step_type("pgp.verify")
+    config = step.with_defaults({"input_path": str(source), "signature_path": str(data_dir / "large.bin.asc")})
+    context = make_context(tmp_path, CancelToken())
+    context.prepared = step.prepare(config)
+
+    seconds_to_stop, _ = cancel_once_streaming(step, config, context, data_dir / "large.bin.asc")
+
+    assert seconds_to_stop < 1.0
+    assert 32 * 1024 * 1024 <= context.progress.bytes_done < size
+    assert context.progress.bytes_total == size
+    assert files_in(data_dir) == ["large.bin", "large.bin.asc"]
+
+
 def test_encrypt_reports_the_bytes_of_every_file_against_their_total(data_dir: Path, tmp_path: Path) -> None:
     key = generate_pgp_key("progress", "ecc_p256", by="admin")
     (data_dir / "a.bin").write_bytes(b"a" * 300_000)
