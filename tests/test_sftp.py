@@ -240,6 +240,15 @@ def test_ssh_algorithms_restrict_the_ciphers(sshd) -> None:
         session.close()
 
 
+def test_session_reports_the_key_exchange_it_agreed_on(sshd) -> None:
+    connection = sftp_connection(sshd, ssh_algorithms={"kex": ["ecdh-sha2-nistp384", "diffie-hellman-group14-sha256"]})
+    session = open_session(connection)
+    try:
+        assert session.info.details["kex"] == "ecdh-sha2-nistp384"
+    finally:
+        session.close()
+
+
 def test_test_connection_command_reports_fingerprint_and_latency(sshd, capsys: pytest.CaptureFixture[str]) -> None:
 
     connection = sftp_connection(sshd)

@@ -107,6 +107,19 @@ def restrict_algorithms(transport: paramiko.Transport, wanted: dict[str, list[st
         setattr(options, attribute, tuple(allowed))
 
 
+class _Transport(paramiko.Transport):
+    """A paramiko transport that remembers the key exchange it agreed on, for Test connection.
+
+    paramiko drops its key-exchange engine once the new keys are in use and keeps no name of it.
+    """
+
+    agreed_kex = ""
+
+    def _parse_kex_init(self, m: paramiko.Message) -> None:
+        super()._parse_kex_init(m)
+        self.agreed_kex = getattr(self.kex_engine, "name", "") or self.agreed_kex
+
+
 class SftpSession:
     """One authenticated SFTP session; reconnects itself (same host key) when the transport drops."""
 
@@ -146,7 +159,7 @@ class SftpSession:
                 f"({type(error).__name__}: {error.strerror or error}); "
                 "check host, port and firewall"
             ) from None
-        transport = paramiko.Transport(BufferedSocket(sock))
+        transport = _Transport(BufferedSocket(sock))
         # connect_timeout_seconds bounds the whole set-up, from the TCP connect to the SFTP
         # subsystem. Some of paramiko's waits have no limit (the subsystem request) or one of
         # their own: those stay above it, and at the deadline the transport is closed, which
@@ -185,6 +198,7 @@ class SftpSession:
                 "host_key_type": key.get_name(),
                 "cipher": getattr(transport, "remote_cipher", ""),
                 "mac": getattr(transport, "remote_mac", ""),
+                "kex": transport.agreed_kex,
                 "kex_offered": list(options.kex),
             },
         )
