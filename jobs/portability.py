@@ -25,7 +25,7 @@ from keystore.portable import portable as portable_keys
 from keystore.portable import resolve as resolve_keys
 from monitors.models import FileMonitor, MonitorJobBinding
 from monitors.services import check_definition as check_monitor_definition
-from tags.models import EntityTag, Tag
+from tags import portable as portable_tags
 
 FORMAT = "courier-definitions"
 FORMAT_VERSION = 1
@@ -111,16 +111,13 @@ def export_jobs(jobs: Any, chains: Any = None, monitors: Any = None) -> dict[str
     names = {str(connection.pk): connection.name for connection in connections}
     exported = []
     for job in jobs:
-        tag_names = sorted(
-            EntityTag.objects.filter(entity_type="job", entity_id=job.pk).values_list("tag__name", flat=True)
-        )
         exported.append(
             {
                 "name": job.name,
                 "description": job.description or "",
                 "is_enabled": job.is_enabled,
                 "failure_policy": job.failure_policy,
-                "tags": tag_names,
+                "tags": portable_tags.names_of("job", job.pk),
                 "steps": [
                     {
                         "step_order": step.step_order,
@@ -145,12 +142,24 @@ def export_jobs(jobs: Any, chains: Any = None, monitors: Any = None) -> dict[str
         "format_version": FORMAT_VERSION,
         "exported_at": timezone.now().isoformat(),
         "connections": [
-            {field: getattr(connection, field) for field in CONNECTION_FIELDS} for connection in connections
+            {
+                **{field: getattr(connection, field) for field in CONNECTION_FIELDS},
+                "tags": portable_tags.names_of("connection", connection.pk),
+            }
+            for connection in connections
         ],
         "jobs": exported,
         "chains": [_portable_chain(chain) for chain in chains],
         "monitors": [_portable_monitor(monitor, names) for monitor in monitors],
     }
+    # The details of every tag named above, so the receiving side gets the same colours and groups.
+    used_tags = {
+        name
+        for kind in ("connections", "jobs", "chains", "monitors")
+        for item in document[kind]
+        for name in item["tags"]
+    }
+    document["tags"] = portable_tags.described(used_tags)
     for name, (exporter, _, _) in _SECTIONS.items():
         document[name] = exporter(document)
     return document
@@ -180,11 +189,7 @@ def _portable_monitor(monitor: Any, names: dict[str, str]) -> dict[str, Any]:
             {"job": binding.job.name} if binding.job_id else {"chain": binding.chain.name}
             for binding in monitor.bindings.select_related("job", "chain")
         ],
-        "tags": sorted(
-            EntityTag.objects.filter(entity_type="file_monitor", entity_id=monitor.pk).values_list(
-                "tag__name", flat=True
-            )
-        ),
+        "tags": portable_tags.names_of("file_monitor", monitor.pk),
     }
 
 
@@ -203,9 +208,7 @@ def _portable_chain(chain: Any) -> dict[str, Any]:
         "name": chain.name,
         "description": chain.description or "",
         "is_enabled": chain.is_enabled,
-        "tags": sorted(
-            EntityTag.objects.filter(entity_type="job_chain", entity_id=chain.pk).values_list("tag__name", flat=True)
-        ),
+        "tags": portable_tags.names_of("job_chain", chain.pk),
         "members": [
             {
                 "execution_order": member.execution_order,
@@ -256,10 +259,16 @@ def _validate_document(document: Any) -> list[dict[str, Any]]:
         for item in connections
     ):
         raise ImportRefused('"connections" must be a list of objects with a name and a protocol sftp, ftp or ftps')
+    problems = portable_tags.section_problems(document["tags"]) if "tags" in document else []
+    for kind, label in (("connections", "connection"), ("jobs", "job"), ("chains", "chain")):
+        for item in document.get(kind) or []:
+            problems += portable_tags.names_problems(f"{label} '{item['name']}'", item.get("tags"))
+    if problems:
+        raise ImportRefused("; ".join(problems))
     return jobs
 
 
-def _import_connections(document: dict[str, Any], report: dict[str, list[str]]) -> dict[str, str]:
+def _import_connections(document: dict[str, Any], report: dict[str, list[str]], by: Any) -> dict[str, str]:
     """Create or update connections by name (never their secrets); returns name -> id."""
 
     for data in document.get("connections") or []:
@@ -278,6 +287,7 @@ def _import_connections(document: dict[str, Any], report: dict[str, list[str]]) 
             for field, value in fields.items():
                 setattr(connection, field, value)
             connection.save()
+        portable_tags.assign("connection", connection.pk, data.get("tags"), by=by)
         if connection.auth_method != "ssh_key" and not connection.password_encrypted:
             report["connections_needing_password"].append(connection.name)
     return {str(name): str(pk) for name, pk in Connection.objects.values_list("name", "pk")}
@@ -321,12 +331,16 @@ def import_jobs(document: Any, *, by: Any, dry_run: bool = False) -> dict[str, l
         "chains": [],
         "monitors": [],
         "connections_needing_password": [],
+        "tags_created": [],
+        "tags_updated": [],
         **{key: [] for _, _, keys in _SECTIONS.values() for key in keys},
     }
     with transaction.atomic():
-        # Connections first: the jobs' steps name them, and every definition is checked
-        # before anything of the jobs is written (a refusal rolls all of it back).
-        ids = _import_connections(document, report)
+        # Tags first, so entities find them with their details; then connections: the jobs'
+        # steps name them, and every definition is checked before anything of the jobs is
+        # written (a refusal rolls all of it back).
+        report["tags_created"], report["tags_updated"] = portable_tags.import_details(document.get("tags") or [])
+        ids = _import_connections(document, report, by)
         for data in jobs:
             _resolve_references(data, ids)
             _check_job(data)
@@ -355,9 +369,7 @@ def import_jobs(document: Any, *, by: Any, dry_run: bool = False) -> dict[str, l
                     for step in data.get("steps") or []
                 ]
             )
-            for tag_name in data.get("tags") or []:
-                tag = Tag.objects.filter(name__iexact=tag_name).first() or Tag.objects.create(name=tag_name)
-                EntityTag.objects.get_or_create(tag=tag, entity_type="job", entity_id=job.pk)
+            portable_tags.assign("job", job.pk, data.get("tags"), by=by)
             if created or _definition_key(job) != before:
                 record_version(job, created_by=by, operation="imported")
                 report["created" if created else "updated"].append(job.name)
@@ -504,9 +516,7 @@ def _import_chain(data: dict[str, Any], *, by: Any, report: dict[str, list[str]]
             member.depends_on_member = created[spec.depends_on_order]
             member.save(update_fields=["depends_on_member"])
     _replace_schedules(chain, data.get("schedules"), label)
-    for tag_name in data.get("tags") or []:
-        tag = Tag.objects.filter(name__iexact=tag_name).first() or Tag.objects.create(name=tag_name)
-        EntityTag.objects.get_or_create(tag=tag, entity_type="job_chain", entity_id=chain.pk)
+    portable_tags.assign("job_chain", chain.pk, data.get("tags"), by=by)
     AuditLogEntry.objects.record(
         entity_type="chain", entity_id=chain.pk, operation="imported", performed_by=by, details={"name": chain.name}
     )
@@ -553,9 +563,10 @@ def _import_monitor(data: Any, connection_ids: dict[str, str], *, by: Any, repor
         if (job is None) == (chain is None):
             raise ImportRefused(f"{label}: each run names an existing job or chain, not {run!r}")
         MonitorJobBinding.objects.create(monitor=monitor, job=job, chain=chain)
-    for tag_name in data.get("tags") or []:
-        tag = Tag.objects.filter(name__iexact=tag_name).first() or Tag.objects.create(name=tag_name)
-        EntityTag.objects.get_or_create(tag=tag, entity_type="file_monitor", entity_id=monitor.pk)
+    problems = portable_tags.names_problems(label, data.get("tags"))
+    if problems:
+        raise ImportRefused("; ".join(problems))
+    portable_tags.assign("file_monitor", monitor.pk, data.get("tags"), by=by)
     AuditLogEntry.objects.record(
         entity_type="file_monitor",
         entity_id=monitor.pk,

@@ -9,6 +9,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
+from audit.models import AuditLogEntry
 from connections.models import Connection
 from jobs.models import Job, JobExecution, JobVersion
 from jobs.portability import ImportRefused, export_jobs, import_jobs
@@ -304,3 +305,83 @@ def test_a_connection_setting_outside_its_range_refuses_the_file_and_changes_not
     with pytest.raises(ImportRefused, match=rf"\[E2060\] connection 'Partner': {field} must be a whole number from"):
         import_jobs(document, by="deployer")
     assert not Connection.objects.filter(name="Partner").exists()
+
+
+def _tagged(entity_type: str, entity_id: object) -> list[str]:
+    return sorted(EntityTag.objects.of_entity(entity_type, entity_id).values_list("tag__name", flat=True))
+
+
+def test_tags_travel_with_their_colour_category_and_description() -> None:
+    connection = Connection.objects.create(
+        name="Bank SFTP", protocol="sftp", host="sftp.bank.test", port=22, auth_method="password", username="c"
+    )
+    make_job([("sftp.list", {"connection_id": str(connection.pk), "remote_path": "/"})], name="Statements")
+    finance = Tag.objects.create(name="Finance", color="#2e7d32", category="team", description="Month-end reports")
+    partner = Tag.objects.create(name="partner:bank")
+    job = Job.objects.get(name="Statements")
+    EntityTag.objects.create(tag=finance, entity_type="job", entity_id=job.pk)
+    EntityTag.objects.create(tag=partner, entity_type="connection", entity_id=connection.pk)
+    document = json.loads(json.dumps(export_jobs(Job.objects.filter(name="Statements"))))
+
+    assert document["tags"] == [
+        {"name": "Finance", "color": "#2e7d32", "category": "team", "description": "Month-end reports"},
+        {"name": "partner:bank", "color": None, "category": None, "description": None},
+    ]
+    assert document["connections"][0]["tags"] == ["partner:bank"]
+
+    # Another environment: no job, connection or tag of these exists there.
+    job.hard_delete()
+    connection.hard_delete()
+    Tag.all_objects.all().delete()
+    report = import_jobs(document, by="deployer")
+
+    assert report["tags_created"] == ["Finance", "partner:bank"]
+    finance = Tag.objects.get(name="Finance")
+    assert (finance.color, finance.category, finance.description) == ("#2e7d32", "team", "Month-end reports")
+    assert _tagged("job", Job.objects.get(name="Statements").pk) == ["Finance"]
+    assert _tagged("connection", Connection.objects.get(name="Bank SFTP").pk) == ["partner:bank"]
+
+
+def test_import_brings_tag_details_and_an_entitys_tags_in_line_with_the_file() -> None:
+    job = make_job([("flow.foreach", {"source": []}), ("flow.end", {})], name="Payroll")
+    kept = Tag.objects.create(name="FINANCE", color="#000000")
+    dropped = Tag.objects.create(name="Legacy")
+    EntityTag.objects.create(tag=kept, entity_type="job", entity_id=job.pk)
+    EntityTag.objects.create(tag=dropped, entity_type="job", entity_id=job.pk)
+    document = export_jobs(Job.objects.filter(name="Payroll"))
+    document["jobs"][0]["tags"] = ["finance"]
+    document["tags"] = [{"name": "finance", "color": "#2e7d32", "category": "team", "description": None}]
+
+    report = import_jobs(document, by="deployer")
+
+    assert (report["tags_created"], report["tags_updated"]) == ([], ["FINANCE"])
+    kept.refresh_from_db()
+    assert (kept.name, kept.color, kept.category) == ("FINANCE", "#2e7d32", "team")
+    assert _tagged("job", job.pk) == ["FINANCE"]
+    change = AuditLogEntry.objects.get(entity_id=job.pk, operation="tags_changed")
+    assert change.details == {"added": [], "removed": ["Legacy"]}
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "message"),
+    [
+        ("file", [{"name": " "}], 'every tag needs a non-empty "name"'),
+        ("file", [{"name": "Ops"}, {"name": "ops"}], "describes tag 'ops' more than once"),
+        ("file", [{"name": "Ops", "color": 7}], "tag 'Ops': color must be text or null"),
+        ("job", "Ops", "job 'Tagged': \"tags\" must be a list of non-empty tag names"),
+    ],
+)
+def test_a_malformed_tag_refuses_the_file_and_changes_nothing(where: str, value: object, message: str) -> None:
+    make_job([("flow.foreach", {"source": []}), ("flow.end", {})], name="Tagged")
+    document = export_jobs(Job.objects.filter(name="Tagged"))
+    document["jobs"][0]["steps"][0]["configuration"] = {"source": ["changed"]}
+    if where == "file":
+        document["tags"] = value
+    else:
+        document["jobs"][0]["tags"] = value
+
+    with pytest.raises(ImportRefused, match=r"\[E2060\].*" + message.replace("(", r"\(")):
+        import_jobs(document, by="deployer")
+
+    assert not Tag.objects.exists()
+    assert Job.objects.get(name="Tagged").steps.get(step_order=0).configuration == {"source": []}

@@ -35,6 +35,10 @@ class Command(BaseCommand):
             f"{len(report['unchanged'])} unchanged job(s); {len(report['chains'])} chain(s), "
             f"{len(report['monitors'])} monitor(s)."
         )
+        if report["tags_created"] or report["tags_updated"]:
+            self.stdout.write(
+                f"Tags: {len(report['tags_created'])} new, {len(report['tags_updated'])} with changed details."
+            )
         if report.get("notification_rules") or report.get("notification_channels"):
             self.stdout.write(
                 f"Notifications: {len(report['notification_channels'])} channel(s), "
