@@ -260,7 +260,7 @@ def test_run_job_command_waits_and_reports_the_outcome(cluster: CeleryCluster) -
     from tests.engine_support import make_job
 
     cluster.start_worker("w1")
-    make_job([("test.sleep", {"seconds": 0.2})], name="cli-ok")
+    make_job([("test.sleep", {"seconds": 1.5})], name="cli-ok")
     make_job([("test.flaky", {"key": "cli", "failures": 9})], name="cli-fails")
 
     def run(name: str) -> subprocess.CompletedProcess[str]:
@@ -276,6 +276,9 @@ def test_run_job_command_waits_and_reports_the_outcome(cluster: CeleryCluster) -
     ok = run("cli-ok")
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["state"] == "completed"
+    # Not a terminal: the progress on stderr is a line per change of state, no redraws.
+    assert "running · step 0 test.sleep (test.sleep #0)" in ok.stderr.splitlines()
+    assert "\r" not in ok.stderr
     failed = run("cli-fails")
     assert failed.returncode == 1
     assert "flaky failure" in json.loads(failed.stdout)["error"]

@@ -11,6 +11,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from courier_site.errors import CourierError
 from jobs import chains
 from jobs.lookup import find_by_name_or_id
+from jobs.management.progress import ProgressLine, chain_status
 from jobs.models import ChainExecution, JobChain
 
 
@@ -23,7 +24,11 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("chain", help="chain name or id")
-        parser.add_argument("--wait", action="store_true", help="wait until the chain ends; exit 1 unless completed")
+        parser.add_argument(
+            "--wait",
+            action="store_true",
+            help="wait until the chain ends, showing its progress on stderr; exit 1 unless completed",
+        )
         parser.add_argument("--json", action="store_true", help="print the result as JSON")
         parser.add_argument("--timeout", type=float, default=3600, help="seconds to wait with --wait (default 3600)")
         parser.add_argument("--user", default="cli", help="name recorded as the operator (default: cli)")
@@ -36,13 +41,18 @@ class Command(BaseCommand):
             raise CommandError(str(error)) from error
         if options["wait"]:
             deadline = time.monotonic() + options["timeout"]
-            while not execution.is_finished:
-                if time.monotonic() > deadline:
-                    raise CommandError(
-                        f"chain execution {execution.pk} still {execution.state} after {options['timeout']:g} s"
-                    )
-                time.sleep(0.25)
-                execution = ChainExecution.objects.get(pk=execution.pk)
+            progress = ProgressLine(self.stderr)
+            try:
+                while not execution.is_finished:
+                    progress.show(chain_status(execution))
+                    if time.monotonic() > deadline:
+                        raise CommandError(
+                            f"chain execution {execution.pk} still {execution.state} after {options['timeout']:g} s"
+                        )
+                    time.sleep(0.25)
+                    execution = ChainExecution.objects.get(pk=execution.pk)
+            finally:
+                progress.close()
         result = {
             "chain_execution_id": str(execution.pk),
             "chain": chain.name,

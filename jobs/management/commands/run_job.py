@@ -11,6 +11,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from courier_site.errors import CourierError
 from jobs.engine import control
 from jobs.lookup import find_by_name_or_id
+from jobs.management.progress import ProgressLine, execution_status
 from jobs.models import Job, JobExecution, StepExecution
 
 FINISHED = ("completed", "failed", "cancelled")
@@ -26,7 +27,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("job", help="job name or id")
         parser.add_argument(
-            "--wait", action="store_true", help="wait until the execution ends; exit 1 unless completed"
+            "--wait",
+            action="store_true",
+            help="wait until the execution ends, showing its progress on stderr; exit 1 unless completed",
         )
         parser.add_argument("--json", action="store_true", help="print the result as JSON")
         parser.add_argument("--timeout", type=float, default=3600, help="seconds to wait with --wait (default 3600)")
@@ -51,13 +54,20 @@ class Command(BaseCommand):
             )
             return
         deadline = time.monotonic() + options["timeout"]
-        while True:
-            execution = JobExecution.objects.get(pk=execution.pk)
-            if execution.state in FINISHED:
-                break
-            if time.monotonic() > deadline:
-                raise CommandError(f"execution {execution.pk} still {execution.state} after {options['timeout']:g} s")
-            time.sleep(0.25)
+        progress = ProgressLine(self.stderr)
+        try:
+            while True:
+                execution = JobExecution.objects.get(pk=execution.pk)
+                if execution.state in FINISHED:
+                    break
+                progress.show(execution_status(execution))
+                if time.monotonic() > deadline:
+                    raise CommandError(
+                        f"execution {execution.pk} still {execution.state} after {options['timeout']:g} s"
+                    )
+                time.sleep(0.25)
+        finally:
+            progress.close()
         steps = StepExecution.objects.filter(job_execution_id=execution.pk).order_by("created_at")
         result = {
             "execution_id": str(execution.pk),
