@@ -86,24 +86,14 @@ class Timing:
             self.seconds, self.cpu = seconds, cpu
 
 
-def measure(
-    timing: Timing,
-    action: Callable[[], Any],
-    *,
-    children: bool,
-    fresh: Path | None = None,
-    size: int | None = None,
-    check: Callable[[], None] | None = None,
-) -> None:
+def measure(timing: Timing, action: Callable[[], Any], *, children: bool, fresh: Path | None = None) -> None:
     """Time action, with the CPU this process (children=False) or its finished children spent on it.
 
     The file the action writes (`fresh`) is removed first, so every side of every round writes a
     new file, as a download into its partial file does: overwriting a 1 GiB file costs its
     truncation (ext4 freeing and discarding its blocks) on top, and that cost came and went from
     round to round. The page cache's dirty data then goes to disk: otherwise whichever side comes
-    later pays for the write-back of the files written before it. Once timed, the file is checked
-    (size bytes, then check()) and removed: a 1 GiB file left in the page cache slowed the writes
-    of whichever side came next (bench_pgp.py), so every run meets the same files.
+    later pays for the write-back of the files written before it.
     """
     if fresh is not None:
         fresh.unlink(missing_ok=True)
@@ -115,12 +105,6 @@ def measure(
     seconds = time.perf_counter() - started
     after = resource.getrusage(who)
     timing.add(seconds, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
-    if fresh is not None:
-        if size is not None and fresh.stat().st_size != size:
-            raise RuntimeError(f"{fresh.name} has {fresh.stat().st_size} bytes, not the {size} sent")
-        if check is not None:
-            check()
-        fresh.unlink()
 
 
 def segments(size: int) -> int:
@@ -205,11 +189,6 @@ def _tail(path: Path) -> bytes:
         return handle.read()
 
 
-def _same_end(local: Path, remote: Path) -> None:
-    if _tail(local) != _tail(remote):
-        raise RuntimeError("Courier's segmented SFTP download did not write the file's end")
-
-
 def _download(session: Any, remote: str, local: Path) -> None:
     with local.open("wb") as target:
         session.download(remote, target, 0, lambda count: None)
@@ -227,20 +206,16 @@ def compare(
     anchor: Callable[[], Any],
     courier: Callable[[], Any],
     writes: tuple[Path, Path],
-    *,
-    size: int,
-    check: Callable[[], None] | None = None,
 ) -> None:
     """Both sides of one comparison, the anchor run as child processes; odd rounds let Courier go first.
 
-    writes: the file the anchor writes and the one Courier writes, each made anew, of size bytes,
-    and removed once timed (see measure); check() looks further at Courier's before it goes.
+    writes: the file the anchor writes and the one Courier writes, each made anew (see measure).
     """
-    sides = [("anchor", anchor, True, writes[0], None), ("courier", courier, False, writes[1], check)]
+    sides = [("anchor", anchor, True, writes[0]), ("courier", courier, False, writes[1])]
     if round_number % 2:
         sides.reverse()
-    for side, action, children, fresh, side_check in sides:
-        measure(timings[f"{side} {direction}"], action, children=children, fresh=fresh, size=size, check=side_check)
+    for side, action, children, fresh in sides:
+        measure(timings[f"{side} {direction}"], action, children=children, fresh=fresh)
 
 
 def _figures(
@@ -305,7 +280,6 @@ def _sftp_bench(size: int, work: Path, upload_source: Path, report: Report) -> N
                     lambda: openssh_sftp(server, server.port, get),
                     lambda: _download(session, "bench-source.bin", courier_local),
                     (openssh_local, courier_local),
-                    size=size,
                 )
                 # OpenSSH's default cipher is not Courier's: the same download against sftp made to
                 # use the cipher Courier negotiated shows the cipher choice is not what wins the ratio.
@@ -316,7 +290,6 @@ def _sftp_bench(size: int, work: Path, upload_source: Path, report: Report) -> N
                     lambda: openssh_sftp(server, server.port, get, cipher=cipher),
                     lambda: _download(session, "bench-source.bin", courier_local),
                     (openssh_local, courier_local),
-                    size=size,
                 )
                 if count > 1:
                     compare(
@@ -326,9 +299,9 @@ def _sftp_bench(size: int, work: Path, upload_source: Path, report: Report) -> N
                         lambda: openssh_sftp(server, server.port, get),
                         lambda: _download(segmented, "bench-source.bin", courier_local),
                         (openssh_local, courier_local),
-                        size=size,
-                        check=lambda: _same_end(courier_local, server.home / "bench-source.bin"),
                     )
+                    if _tail(courier_local) != _tail(server.home / "bench-source.bin"):
+                        raise RuntimeError("Courier's segmented SFTP download did not write the file's end")
                 compare(
                     number,
                     timings,
@@ -336,11 +309,12 @@ def _sftp_bench(size: int, work: Path, upload_source: Path, report: Report) -> N
                     lambda: openssh_sftp(server, server.port, put),
                     lambda: _upload(session, upload_source, "bench-courier-up.bin"),
                     (server.home / "bench-openssh-up.bin", server.home / "bench-courier-up.bin"),
-                    size=size,
                 )
         finally:
             session.close()
             segmented.close()
+        if courier_local.stat().st_size != size or (server.home / "bench-courier-up.bin").stat().st_size != size:
+            raise RuntimeError("Courier's SFTP transfer did not move the whole file")
         for leftover in ("bench-source.bin", "bench-openssh-up.bin", "bench-courier-up.bin"):
             (server.home / leftover).unlink(missing_ok=True)
     directions = (
@@ -385,7 +359,6 @@ def _ftps_bench(size: int, work: Path, upload_source: Path, report: Report) -> N
                     lambda: subprocess.run(get, check=True),
                     lambda: _download(session, "bench-source.bin", courier_local),
                     (curl_local, courier_local),
-                    size=size,
                 )
                 compare(
                     number,
@@ -394,10 +367,11 @@ def _ftps_bench(size: int, work: Path, upload_source: Path, report: Report) -> N
                     lambda: subprocess.run(put, check=True),
                     lambda: _upload(session, upload_source, "bench-courier-up.bin"),
                     (server.root / "bench-curl-up.bin", server.root / "bench-courier-up.bin"),
-                    size=size,
                 )
         finally:
             session.close()
+        if courier_local.stat().st_size != size or (server.root / "bench-courier-up.bin").stat().st_size != size:
+            raise RuntimeError("Courier's FTPS transfer did not move the whole file")
     finally:
         process.kill()
         process.wait(10)
