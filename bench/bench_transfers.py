@@ -5,8 +5,11 @@ made to use the cipher Courier agreed on, and in segments over several connectio
 at least 0.9x, peak RSS at most 150 MB.
 Each round runs the anchor and Courier on the same server and file (both sides of an upload
 send one shared local file), taking turns at going first; the figure is the best round of
-each side (COURIER_BENCH_TRANSFER_ROUNDS, default 3), which keeps a burst of other load on
-the shared cores from deciding the ratio. COURIER_BENCH_TRANSFER_MIB sets the file size
+each side (COURIER_BENCH_TRANSFER_ROUNDS, default 5), which keeps a burst of other load on
+the shared cores from deciding the ratio: on the 2-core virtual machine a side's rounds swing
+by up to 2x (an FTPS upload took curl 5.1/1.5/2.0 s and Courier 5.0/3.0/2.2 s in one run of
+three rounds, 0.68x, and Courier 1.3-1.4 s at best in others), and five rounds give each side
+more chances at a quiet one. COURIER_BENCH_TRANSFER_MIB sets the file size
 (default 1024, 128 with --quick). The notes give the CPU seconds each side spent per GiB:
 unlike the rates, they barely move with the machine's load.
 
@@ -115,7 +118,7 @@ def segments(size: int) -> int:
 
 
 def rounds() -> int:
-    return max(1, int(os.environ.get("COURIER_BENCH_TRANSFER_ROUNDS", "3")))
+    return max(1, int(os.environ.get("COURIER_BENCH_TRANSFER_ROUNDS", "5")))
 
 
 def size_mib(quick: bool) -> int:
